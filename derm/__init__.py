@@ -1,0 +1,3 @@
+"""derm: hyperparameter sweeps for dermoscopy deep learning on Ray Tune."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,226 @@
+"""Decode-once cache: every image and mask decoded and resized once, then memory-mapped.
+
+A sweep runs many trials on the same data at the same resolution. Decoding
+thousands of large JPEGs per trial per epoch would dominate the run time, so
+`build_cache` decodes each image and its masks once, resizes them to the training
+resolution and stores uint8 arrays as `.npy` files:
+
+    <cache_dir>/<key>/images.npy          (N, S, S, 3)  RGB
+    <cache_dir>/<key>/masks.npy           (N, S, S, C)  0/1, one channel per mask column
+    <cache_dir>/<key>/original_sizes.npy  (N, 2)        source (height, width)
+    <cache_dir>/<key>/index.json          image ids in row order, mask columns, problems
+
+The key hashes the layout, the size, the mask columns, a format version and every
+source file's path, size and modification time, so a changed file or setting gets a
+new cache. Trials on one machine build it once under a file lock, into a temporary
+folder renamed into place when complete, and then share the same page-cache pages
+through `np.load(mmap_mode="r")`.
+
+    >>> arrays = build_cache(table, 256, mask_columns=["lesion_mask_path"])  # doctest: +SKIP
+    >>> arrays.images[arrays.row_of["ISIC_0024306"]].shape
+    (256, 256, 3)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock
+from numpy.lib.format import open_memmap
+
+from derm.data.check import available_cpus, inspect_samples
+from derm.data.problems import Problem
+
+logger = logging.getLogger(__name__)
+
+# Bump when the stored arrays change meaning (resizing, value range, file names).
+CACHE_FORMAT_VERSION = 1
+INDEX_FILE = "index.json"
+
+
+def default_cache_dir() -> Path:
+    """`$DERM_CACHE_DIR` when set, else `~/.cache/derm`."""
+    return Path(os.environ.get("DERM_CACHE_DIR") or Path.home() / ".cache" / "derm")
+
+
+@dataclass
+class DecodedArrays:
+    """A built cache: memory-mapped arrays plus the image ids of their rows.
+
+    `images`, `masks` and `original_sizes` open lazily (read-only memmaps) and are
+    re-opened, not copied, when the object is pickled into a DataLoader worker.
+    `problems` lists the rows that failed to decode and were left out; `built` is
+    True when this call decoded the images rather than finding them cached.
+    """
+
+    directory: Path
+    image_ids: tuple[str, ...]
+    mask_columns: tuple[str, ...]
+    size: int
+    problems: tuple[Problem, ...] = ()
+    built: bool = False
+    _arrays: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.row_of = {image_id: row for row, image_id in enumerate(self.image_ids)}
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def _array(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            self._arrays[name] = np.load(self.directory / f"{name}.npy", mmap_mode="r")
+        return self._arrays[name]
+
+    @property
+    def images(self) -> np.ndarray:
+        """uint8 (N, S, S, 3) RGB images."""
+        return self._array("images")
+
+    @property
+    def masks(self) -> np.ndarray:
+        """uint8 (N, S, S, C) masks with values 0/1, channels in `mask_columns` order."""
+        return self._array("masks")
+
+    @property
+    def original_sizes(self) -> np.ndarray:
+        """int64 (N, 2): each source image's (height, width) before resizing."""
+        return self._array("original_sizes")
+
+    def __getstate__(self) -> dict:
+        # A memmap pickles as its full contents; send the folder and re-open instead.
+        state = dict(self.__dict__)
+        state["_arrays"] = {}
+        return state
+
+
+def open_cache(directory: str | Path, *, built: bool = False) -> DecodedArrays:
+    """Open a cache folder written by `build_cache`, reading no source file."""
+    directory = Path(directory)
+    index = json.loads((directory / INDEX_FILE).read_text())
+    return DecodedArrays(
+        directory=directory,
+        image_ids=tuple(index["image_ids"]),
+        mask_columns=tuple(index["mask_columns"]),
+        size=index["size"],
+        problems=tuple(Problem(**p) for p in index["problems"]),
+        built=built,
+    )
+
+
+def _file_signature(path) -> list:
+    if path is None or (isinstance(path, float) and np.isnan(path)):
+        return [None]
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return [str(path), None, None]
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+def cache_key(table: pd.DataFrame, size: int, mask_columns: Sequence[str]) -> str:
+    """Hash of everything the cached arrays depend on (see the module docstring)."""
+    files = [
+        _file_signature(row[column])
+        for row in table[["image_path", *mask_columns]].to_dict("records")
+        for column in ("image_path", *mask_columns)
+    ]
+    description = [CACHE_FORMAT_VERSION, table.attrs.get("layout"), size, list(mask_columns),
+                   list(table["image_id"]), files]
+    return hashlib.sha256(json.dumps(description).encode()).hexdigest()[:24]
+
+
+def build_cache(
+    table: pd.DataFrame,
+    size: int,
+    cache_dir: str | Path | None = None,
+    mask_columns: Sequence[str] = (),
+    *,
+    workers: int | None = None,
+) -> DecodedArrays:
+    """Decode every row of `table` once at size x size and return the memory-mapped arrays.
+
+    Returns at once when a cache with the same key exists. Otherwise the first
+    process to take the lock decodes (in a thread pool of `workers`, default the
+    available CPUs) while others wait for it and then open its result. Rows that
+    fail `derm.data.check.inspect_sample` are left out and returned as `problems`.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    mask_columns = tuple(mask_columns)
+    final = cache_dir / cache_key(table, size, mask_columns)
+    if (final / INDEX_FILE).exists():
+        return open_cache(final)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(final) + ".lock"):
+        if (final / INDEX_FILE).exists():  # another process built it while we waited
+            return open_cache(final)
+        shutil.rmtree(final, ignore_errors=True)  # a folder without its index is not a cache
+        temporary = cache_dir / f"{final.name}.building-{os.getpid()}"
+        shutil.rmtree(temporary, ignore_errors=True)
+        try:
+            _write_arrays(table, size, mask_columns, temporary, workers or available_cpus())
+            os.replace(temporary, final)  # atomic: readers see nothing or everything
+        finally:
+            shutil.rmtree(temporary, ignore_errors=True)
+    return open_cache(final, built=True)
+
+
+def _write_arrays(table: pd.DataFrame, size: int, mask_columns: tuple[str, ...], folder: Path, workers: int):
+    folder.mkdir(parents=True)
+    records = table.to_dict("records")
+    n = len(records)
+    started = time.monotonic()
+    logger.info("decoding %d images at %dx%d into %s", n, size, size, folder.parent)
+    # Written straight into .npy memmaps, so a large dataset never sits in memory twice.
+    images = open_memmap(folder / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    masks = open_memmap(folder / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, len(mask_columns)))
+    original_sizes = np.zeros((n, 2), dtype=np.int64)
+    image_ids, problems = [], []
+    jobs = ((record, mask_columns) for record in records)
+    for record, (sample, row_problems) in zip(records, inspect_samples(jobs, size=size, workers=workers)):
+        problems.extend(row_problems)
+        if sample is None:
+            continue
+        row = len(image_ids)
+        images[row], masks[row], original_sizes[row] = sample.image, sample.masks, sample.original_size
+        image_ids.append(record["image_id"])
+    images.flush(), masks.flush()
+    del images, masks
+    if len(image_ids) < n:
+        _truncate_rows(folder / "images.npy", len(image_ids))
+        _truncate_rows(folder / "masks.npy", len(image_ids))
+    np.save(folder / "original_sizes.npy", original_sizes[: len(image_ids)])
+    index = {
+        "format_version": CACHE_FORMAT_VERSION,
+        "layout": table.attrs.get("layout"),
+        "size": size,
+        "mask_columns": list(mask_columns),
+        "image_ids": image_ids,
+        "problems": [asdict(p) for p in problems],
+    }
+    (folder / INDEX_FILE).write_text(json.dumps(index))
+    logger.info("decoded %d images in %.1f s, %d left out", len(image_ids), time.monotonic() - started,
+                n - len(image_ids))
+
+
+def _truncate_rows(path: Path, rows: int) -> None:
+    """Keep the first `rows` rows of a .npy file (the decoded ones were written first)."""
+    full = np.load(path, mmap_mode="r")
+    kept_path = path.with_name("kept-" + path.name)
+    kept = open_memmap(kept_path, mode="w+", dtype=full.dtype, shape=(rows, *full.shape[1:]))
+    for start in range(0, rows, 256):
+        end = min(start + 256, rows)
+        kept[start:end] = full[start:end]
+    kept.flush()
+    del full, kept
+    os.replace(kept_path, path)

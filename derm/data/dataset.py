@@ -1,0 +1,113 @@
+"""A torch Dataset over the decode-once cache, and a class-balanced sampler.
+
+    >>> arrays = build_cache(table, 256, mask_columns=["lesion_mask_path"])  # doctest: +SKIP
+    >>> train = DermDataset.from_table(arrays, table[split == "train"], train_transform(256))
+    >>> item = train[0]
+    >>> item["image"].shape, item["mask"].shape, item["label"], item["index"]
+    (torch.Size([3, 256, 256]), torch.Size([1, 256, 256]), tensor(1), 0)
+
+`item["index"]` is the sample's row in the cache, so `arrays.image_ids[index]` and
+`arrays.original_sizes[index]` name the image and its size when writing predictions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+from derm.data.cache import DecodedArrays
+from derm.errors import DataError
+from derm.labels import CLASSES
+
+NO_LABEL = -1
+
+
+class DermDataset(Dataset):
+    """Samples of a `DecodedArrays` cache, in the order of `rows`, through `transform`.
+
+    `labels` holds one class index (into `derm.labels.CLASSES`) per row, or -1 where
+    there is no label; None means no labels at all. `transform` is an albumentations
+    pipeline from `derm.data.transforms` (called as transform(image=..., mask=...)).
+
+    Each item is a dict: "image" float32 (3, S, S) as normalised by the transform,
+    "mask" float32 (C, S, S) in {0, 1} (C = 0 when the cache has no mask columns),
+    "label" int64 scalar, "index" the cache row.
+
+    Safe with DataLoader workers: the cache pickles as its folder and each worker
+    re-opens the memory maps, so no array is copied between processes.
+    """
+
+    def __init__(
+        self,
+        arrays: DecodedArrays,
+        rows: Sequence[int],
+        labels: Sequence[int] | None,
+        transform: Callable[..., dict],
+    ):
+        self.arrays = arrays
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = (np.full(len(self.rows), NO_LABEL, np.int64) if labels is None
+                       else np.asarray(labels, dtype=np.int64))
+        if len(self.labels) != len(self.rows):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.rows)} rows")
+        self.transform = transform
+
+    @classmethod
+    def from_table(cls, arrays: DecodedArrays, table: pd.DataFrame, transform: Callable[..., dict]) -> "DermDataset":
+        """The table's images, in table order, with labels from its `diagnosis` column.
+
+        Every image must be in the cache: drop the rows the cache left out first
+        (`derm.data.check.drop_bad_rows` with `arrays.problems`).
+        """
+        missing = [i for i in table["image_id"] if i not in arrays.row_of]
+        if missing:
+            raise DataError(f"{len(missing)} images are not in the cache {arrays.directory}, "
+                            f"e.g. {', '.join(missing[:5])}; drop the rows it reported as problems first")
+        rows = [arrays.row_of[i] for i in table["image_id"]]
+        return cls(arrays, rows, labels_from_diagnosis(table["diagnosis"]), transform)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        row = int(self.rows[i])
+        image = np.array(self.arrays.images[row])  # copy: memmaps are read-only
+        masks = self.arrays.masks[row]
+        if masks.shape[-1]:
+            out = self.transform(image=image, mask=np.array(masks))
+            mask = torch.from_numpy(np.ascontiguousarray(out["mask"].transpose(2, 0, 1))).float()
+        else:
+            out = self.transform(image=image)
+            mask = torch.zeros((0, *out["image"].shape[:2]), dtype=torch.float32)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(out["image"].transpose(2, 0, 1))).float(),
+            "mask": mask,
+            "label": torch.tensor(self.labels[i], dtype=torch.int64),
+            "index": row,
+        }
+
+
+def labels_from_diagnosis(diagnosis: pd.Series) -> np.ndarray:
+    """Class indices into CLASSES for a `diagnosis` column; -1 where it is None."""
+    index = {name: k for k, name in enumerate(CLASSES)}
+    return np.array([NO_LABEL if pd.isna(d) else index[d] for d in diagnosis], dtype=np.int64)
+
+
+def class_balanced_sampler(labels: Sequence[int], *, generator: torch.Generator | None = None) -> WeightedRandomSampler:
+    """Draw each class equally often: every sample weighted by 1 / its class's count.
+
+    Draws len(labels) samples per epoch with replacement, so rare classes repeat
+    and common ones are sub-sampled.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if (labels < 0).any():
+        raise DataError(f"balanced sampling needs a label for every image; {(labels < 0).sum()} of "
+                        f"{len(labels)} have none (set data.balanced_sampling: false)")
+    counts = np.bincount(labels)
+    weights = 1.0 / counts[labels]
+    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels),
+                                 replacement=True, generator=generator)

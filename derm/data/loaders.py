@@ -1,0 +1,212 @@
+"""From a run config to DataLoaders: the one way every command builds its data.
+
+    table -> file-level problems -> split -> per split: decode-once cache, skip and
+    report bad files -> Dataset -> DataLoader
+
+Only the splits a run asks for are ever decoded: a sweep builds "train" and "val",
+so the test images are never read until retrain-best evaluates on them.
+
+Reproducibility: ``PreparedData.set_epoch(seed)`` reseeds the shuffling generator and
+the augmentation RNG, and each DataLoader worker derives its augmentation seed from
+the loader's per-epoch base seed; an epoch's batches then depend only on (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from derm.config import RunConfig
+from derm.data.cache import build_cache
+from derm.data.check import available_cpus, drop_bad_rows
+from derm.data.dataset import DermDataset, class_balanced_sampler, labels_from_diagnosis
+from derm.data.formats import load_table
+from derm.data.problems import Problem
+from derm.data.splits import apply_split, make_split, read_split, write_split
+from derm.data.transforms import eval_transform, train_transform
+from derm.errors import DataError
+from derm.labels import ATTRIBUTES, CLASSES
+
+logger = logging.getLogger(__name__)
+
+SPLIT_FILE = "split.csv"
+
+
+def mask_columns_for(task: str) -> list[str]:
+    """The table columns a task's masks come from, in model channel order."""
+    if task in ("multitask", "segmentation"):
+        return ["lesion_mask_path"]
+    if task == "attributes":
+        return [f"attribute_{name}_path" for name in ATTRIBUTES]
+    return []
+
+
+@dataclass
+class PreparedData:
+    """DataLoaders by split name ("train" may combine several splits) and what the loss needs."""
+
+    loaders: dict[str, DataLoader]
+    split: pd.Series
+    class_counts: np.ndarray | None
+    attribute_positive_fraction: np.ndarray | None
+    problems: list[Problem] = field(default_factory=list)
+    generator: torch.Generator = field(default_factory=torch.Generator)
+
+    def set_epoch(self, seed: int) -> None:
+        """Make this epoch's order and augmentations a function of ``seed`` alone."""
+        self.generator.manual_seed(seed)
+        train = self.loaders["train"]
+        if train.num_workers == 0:
+            train.dataset.transform.set_random_seed(seed % 2**32)
+
+    def split_records(self) -> dict[str, str]:
+        """{image_id: split}: what a checkpoint stores so later runs use the identical split."""
+        return {str(k): str(v) for k, v in self.split.items()}
+
+
+def seed_worker(worker_id: int) -> None:
+    """Per-worker augmentation seed from the loader's per-epoch base seed."""
+    info = torch.utils.data.get_worker_info()
+    seed = info.seed % 2**32
+    info.dataset.transform.set_random_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def load_split(cfg: RunConfig, table: pd.DataFrame, run_dir: Path | None) -> pd.Series:
+    """The run's split: given in the config, else made from it (seeded), then written."""
+    if cfg.data.split_csv:
+        split = read_split(cfg.data.split_csv)
+    else:
+        split = make_split(table, cfg.data.val_fraction, cfg.data.test_fraction, seed=cfg.data.split_seed)
+    if run_dir is not None:
+        write_split(split, Path(run_dir) / SPLIT_FILE)
+    return split
+
+
+def decode_split(cfg: RunConfig, rows: pd.DataFrame, mask_columns: Sequence[str], name: str,
+                 log: Callable[[str], None]):
+    """Build (or open) the decode-once cache of one split and drop its bad rows, reported."""
+    arrays = build_cache(rows, cfg.data.image_size, cfg.data.cache_dir, mask_columns)
+    problems = list(arrays.problems)
+    for problem in problems:
+        log(f"skipping {problem.path}: {problem.problem} ({name} split)")
+    kept = drop_bad_rows(rows, problems, cfg.data.max_bad_fraction)
+    return arrays, kept, problems
+
+
+def prepare_data(
+    cfg: RunConfig,
+    *,
+    run_dir: str | Path | None = None,
+    split: pd.Series | None = None,
+    train_on: tuple[str, ...] = ("train",),
+    evaluate_on: tuple[str, ...] = ("val",),
+    device: torch.device | None = None,
+    log: Callable[[str], None] = logger.warning,
+) -> PreparedData:
+    """Load, check, split, decode once and wrap the data a run needs.
+
+    ``train_on`` names the splits merged into the training loader; each name in
+    ``evaluate_on`` gets its own evaluation loader. No other split is decoded.
+    """
+    table = load_table(cfg.data.root, cfg.data.layout)
+    file_problems = [p for p in table.attrs.get("problems", [])]
+    for problem in file_problems:
+        if problem.severity == "error":
+            log(f"skipping {problem.path}: {problem.problem}")
+    table = drop_bad_rows(table, file_problems, cfg.data.max_bad_fraction)
+    if split is None:
+        split = load_split(cfg, table, Path(run_dir) if run_dir else None)
+    elif run_dir is not None:
+        write_split(split, Path(run_dir) / SPLIT_FILE)
+    parts = apply_split(table, split)
+    check_task_data(cfg, table)
+
+    mask_columns = mask_columns_for(cfg.task)
+    size = cfg.data.image_size
+    workers = default_workers(cfg, device)
+    generator = torch.Generator()
+    loaders: dict[str, DataLoader] = {}
+    problems = list(file_problems)
+
+    train_rows = pd.concat([parts[name] for name in train_on], ignore_index=True)
+    train_rows.attrs = dict(table.attrs)
+    arrays, train_rows, found = decode_split(cfg, train_rows, mask_columns, "+".join(train_on), log)
+    problems += found
+    if train_rows.empty:
+        raise DataError(f"{cfg.data.root}: the {'+'.join(train_on)} split has no usable images")
+    train_set = DermDataset.from_table(arrays, train_rows, train_transform(size, cfg.data.augment))
+    sampler = class_balanced_sampler(train_set.labels, generator=generator) if cfg.data.balanced_sampling else None
+    loaders["train"] = DataLoader(
+        train_set, batch_size=cfg.train.batch_size, shuffle=sampler is None, sampler=sampler,
+        generator=generator, num_workers=workers, worker_init_fn=seed_worker,
+        pin_memory=device is not None and device.type == "cuda",
+        drop_last=len(train_set) > cfg.train.batch_size and cfg.task != "classification",
+    )
+    for name in evaluate_on:
+        rows = parts[name]
+        rows.attrs = dict(table.attrs)
+        eval_arrays, rows, found = decode_split(cfg, rows, mask_columns, name, log)
+        problems += found
+        if rows.empty:
+            raise DataError(f"{cfg.data.root}: the {name} split has no usable images "
+                            f"(data.val_fraction / data.test_fraction too small for this dataset?)")
+        loaders[name] = DataLoader(
+            DermDataset.from_table(eval_arrays, rows, eval_transform(size)),
+            batch_size=cfg.train.batch_size, shuffle=False, num_workers=workers,
+            pin_memory=device is not None and device.type == "cuda",
+        )
+
+    return PreparedData(
+        loaders=loaders,
+        split=split,
+        class_counts=class_counts(train_rows) if cfg.task in ("multitask", "classification") else None,
+        attribute_positive_fraction=positive_fraction(arrays, train_set) if cfg.task == "attributes" else None,
+        problems=problems,
+        generator=generator,
+    )
+
+
+def check_task_data(cfg: RunConfig, table: pd.DataFrame) -> None:
+    """The layout must carry what the task trains on (labels, lesion masks, attribute masks)."""
+    layout = table.attrs.get("layout")
+    if cfg.task in ("multitask", "classification") and table["diagnosis"].isna().all():
+        raise DataError(f"{cfg.data.root}: task {cfg.task} needs diagnosis labels, layout {layout} has none")
+    for column in mask_columns_for(cfg.task):
+        if table[column].isna().all():
+            raise DataError(f"{cfg.data.root}: task {cfg.task} needs {column.removesuffix('_path')} masks, "
+                            f"layout {layout} has none")
+
+
+def class_counts(rows: pd.DataFrame) -> np.ndarray:
+    labels = labels_from_diagnosis(rows["diagnosis"])
+    return np.bincount(labels[labels >= 0], minlength=len(CLASSES))
+
+
+def positive_fraction(arrays, dataset: DermDataset) -> np.ndarray:
+    """Fraction of positive pixels per mask channel over the training images."""
+    totals = np.zeros(arrays.masks.shape[-1], dtype=np.float64)
+    for row in dataset.rows:
+        totals += arrays.masks[row].reshape(-1, arrays.masks.shape[-1]).mean(axis=0)
+    return totals / max(len(dataset.rows), 1)
+
+
+def default_workers(cfg: RunConfig, device: torch.device | None) -> int:
+    """DataLoader workers: the config's, else from the CPUs this run has.
+
+    Cached samples are cheap to produce, so on a small CPU budget the main process
+    does it; with more CPUs, workers keep the accelerator fed.
+    """
+    if cfg.data.num_workers is not None:
+        return cfg.data.num_workers
+    cpus = available_cpus()
+    return 0 if cpus <= 2 else min(8, cpus - 1)

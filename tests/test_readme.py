@@ -1,0 +1,34 @@
+"""README is the truth: CI runs its commands verbatim and every module it names exists."""
+
+import importlib
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def test_ci_runs_the_readme_commands_verbatim():
+    ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+                if line and not line.startswith(("#", "set ", "cd ", "rm "))]
+    assert len(ci_lines) == 2
+    for line in ci_lines:
+        assert line in README, f"{line!r} is not in README.md"
+    assert "pytest" in ci_lines[-1]
+
+
+def test_every_command_in_the_readme_is_a_module_with_a_main():
+    modules = set(re.findall(r"python -m (derm(?:\.\w+)+)", README))
+    assert {"derm.train", "derm.data.check", "derm.data.synth", "derm.evaluate"} <= modules
+    for name in modules:
+        if name == "derm.sweep":  # named in the status note as not built yet
+            continue
+        module = importlib.import_module(name)
+        assert callable(getattr(module, "main", None)), name
+
+
+def test_configs_named_in_the_readme_exist_and_validate():
+    from derm.config import load_config
+
+    for path in set(re.findall(r"python -m derm.train (configs/[\w.-]+\.yaml)", README)):
+        load_config(ROOT / path)
