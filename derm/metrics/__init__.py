@@ -1,0 +1,91 @@
+"""Metrics: counts first, then scores, with the ISIC 2018 challenge's exact definitions.
+
+Pure functions (NumPy or torch in, numbers out) and three accumulators the training
+loop feeds once per validation batch and reads once per epoch::
+
+    >>> acc = SegmentationAccumulator()
+    >>> for probs, masks in batches:            # doctest: +SKIP
+    ...     acc.update(probs, masks)
+    >>> acc.compute()["dice"]                   # doctest: +SKIP
+
+Metric names (flat, as logged to MLflow and shown on the leaderboard):
+
+Classification (ISIC 2018 Task 3; ``ClassificationAccumulator``)
+    accuracy             share of images whose top class is right (a tie is wrong)
+    balanced_accuracy    mean recall over the classes present in the truth: the Task 3 score
+    precision_macro, recall_macro, f1_macro
+                         unweighted mean over classes present in truth or prediction
+    precision_weighted, recall_weighted, f1_weighted
+                         mean weighted by each class's number of true images
+    auroc                mean one-vs-rest ROC AUC over classes present in the truth
+    ece                  expected calibration error, 15 equal-width bins of top-class confidence
+    recall_<CLASS>, auroc_<CLASS>
+                         per class in ``derm.labels.CLASSES``, for classes present in the truth
+
+Lesion segmentation (ISIC 2018 Task 1; ``SegmentationAccumulator``)
+    dice, iou            over the whole dataset, from summed pixel counts (micro)
+    dice_per_image, iou_per_image
+                         mean of per-image scores (an image empty in truth and prediction: 1)
+    isic_task1_jaccard   per-image Jaccard, 0 below 0.65, mean over images: the Task 1 score
+
+Attributes (ISIC 2018 Task 2; ``AttributeAccumulator``, channels in ``derm.labels.ATTRIBUTES``)
+    jaccard_<attribute>, dice_<attribute>
+                         of the per-image confusion matrices, each divided by its pixel count, summed
+    jaccard_micro        the same over all attributes together: the Task 2 score
+    dice_micro
+
+``sweep_score(metrics, task, weights)`` turns a metrics dict into the one number a
+sweep maximises; ``make_accumulators(task)`` gives the accumulators a task needs.
+"""
+
+from derm.metrics.classification import (
+    UNDECIDED,
+    ClassificationAccumulator,
+    auroc_per_class,
+    balanced_accuracy,
+    confusion_matrix,
+    expected_calibration_error,
+    macro_auroc,
+    precision_recall_f1,
+    predicted_labels,
+)
+from derm.metrics.confusion import (
+    ISIC_TASK1_THRESHOLD,
+    binarize,
+    confusion_counts,
+    dice_from_counts,
+    jaccard_from_counts,
+    thresholded_jaccard,
+    to_numpy,
+)
+from derm.metrics.score import DEFAULT_SCORE_WEIGHTS, make_accumulators, sweep_score
+from derm.metrics.segmentation import (
+    AttributeAccumulator,
+    SegmentationAccumulator,
+    normalized_confusion_counts,
+)
+
+__all__ = [
+    "AttributeAccumulator",
+    "ClassificationAccumulator",
+    "DEFAULT_SCORE_WEIGHTS",
+    "ISIC_TASK1_THRESHOLD",
+    "SegmentationAccumulator",
+    "UNDECIDED",
+    "auroc_per_class",
+    "balanced_accuracy",
+    "binarize",
+    "confusion_counts",
+    "confusion_matrix",
+    "dice_from_counts",
+    "expected_calibration_error",
+    "jaccard_from_counts",
+    "macro_auroc",
+    "make_accumulators",
+    "normalized_confusion_counts",
+    "precision_recall_f1",
+    "predicted_labels",
+    "sweep_score",
+    "thresholded_jaccard",
+    "to_numpy",
+]

@@ -1,0 +1,136 @@
+"""The one training loop: every task trains, a model overfits, resume is exact, NaN stops."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from derm.checkpoint import load_checkpoint
+from derm.config import config_from_dict
+from derm.data.formats import load_table
+from derm.training import NonFiniteLossError, fit
+
+
+def make_config(root, task, tmp_path, **sections):
+    raw = {
+        "name": f"{task}-test",
+        "task": task,
+        "out_dir": str(tmp_path / "runs"),
+        "data": {"root": str(root), "image_size": 64, "augment": "none", "num_workers": 0},
+        "model": {"arch": "Unet", "encoder": "resnet18", "encoder_weights": None},
+        "optim": {"name": "adam", "lr": 1e-3, "scheduler": "none"},
+        "train": {"epochs": 2, "batch_size": 8, "seed": 0},
+        "mlflow": {"enabled": False},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values) if isinstance(values, dict) else raw.update({section: values})
+    return config_from_dict(raw)
+
+
+@pytest.mark.parametrize("task", ["multitask", "segmentation", "classification", "attributes"])
+def test_two_epochs_of_each_task_lower_the_training_loss(task, ham_demo, task2_demo, tmp_path):
+    root = task2_demo if task == "attributes" else ham_demo
+    cfg = make_config(root, task, tmp_path)
+    reported = []
+    result = fit(cfg, tmp_path / "run", reporter=lambda metrics, path: reported.append(metrics))
+
+    assert [m["epoch"] for m in reported] == [1, 2]
+    assert reported[1]["train_loss"] < reported[0]["train_loss"]
+    expected = {"multitask": ["balanced_accuracy", "dice", "isic_task1_jaccard"],
+                "segmentation": ["dice", "iou"], "classification": ["balanced_accuracy", "auroc"],
+                "attributes": ["jaccard_micro", "dice_micro", "jaccard_pigment_network"]}[task]
+    for name in expected:
+        assert 0.0 <= reported[-1][name] <= 1.0
+    for name in ("score", "lr", "epoch_seconds", "images_per_second", "val_loss"):
+        assert name in reported[-1]
+    assert result.best_checkpoint.is_file() and result.latest_checkpoint.is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    split = pd.read_csv(tmp_path / "run" / "split.csv")
+    assert set(split["split"]) == {"train", "val", "test"}
+
+
+def test_a_model_overfits_sixteen_images(ham_demo, tmp_path):
+    table = load_table(ham_demo)
+    ids = table["image_id"].tolist()
+    split_csv = tmp_path / "split.csv"
+    pd.DataFrame({"image_id": ids, "split": ["train"] * 16 + ["val"] * 4 + ["test"] * (len(ids) - 20)}).to_csv(
+        split_csv, index=False)
+    cfg = make_config(ham_demo, "multitask", tmp_path, data={"split_csv": str(split_csv)},
+                      train={"epochs": 25, "batch_size": 16})
+    history = fit(cfg, tmp_path / "run").history
+    assert history[-1]["train_loss"] <= 0.5 * history[0]["train_loss"]
+
+
+def test_checkpoints_load_with_weights_only_and_hold_the_run(ham_demo, tmp_path):
+    cfg = make_config(ham_demo, "classification", tmp_path, train={"epochs": 1})
+    result = fit(cfg, tmp_path / "run")
+    state = torch.load(result.latest_checkpoint, weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "config", "metrics", "split"):
+        assert key in state
+    assert state["epoch"] == 1
+    assert state["config"]["task"] == "classification"
+    assert set(state["split"].values()) == {"train", "val", "test"}
+    best = load_checkpoint(result.best_checkpoint)
+    assert "optimizer" not in best and best["epoch"] == result.best_epoch
+
+
+def test_a_non_finite_loss_stops_with_the_epoch_and_step(ham_demo, tmp_path, monkeypatch):
+    import derm.training
+
+    real_build_loss = derm.training.build_loss
+    calls = {"n": 0}
+
+    def loss_that_turns_nan(*args, **kwargs):
+        loss_fn = real_build_loss(*args, **kwargs)
+        original = loss_fn.forward
+
+        def forward(outputs, batch):
+            loss, parts = original(outputs, batch)
+            calls["n"] += 1
+            return (loss * float("nan") if calls["n"] == 3 else loss), parts
+
+        loss_fn.forward = forward
+        return loss_fn
+
+    monkeypatch.setattr(derm.training, "build_loss", loss_that_turns_nan)
+    cfg = make_config(ham_demo, "classification", tmp_path)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 1, step 3"):
+        fit(cfg, tmp_path / "run")
+
+
+def test_killed_run_resumes_to_the_same_metrics(ham_demo, tmp_path):
+    """SIGKILL a `python -m derm.train` mid-run, --resume it, compare with an uninterrupted run."""
+    cfg = make_config(ham_demo, "multitask", tmp_path, train={"epochs": 3},
+                      optim={"scheduler": "cosine"}, data={"augment": "default"})
+    uninterrupted = fit(cfg, tmp_path / "whole").history
+
+    config_file = tmp_path / "resume.yaml"
+    raw = cfg.to_dict()
+    raw["name"] = "resumed"
+    config_file.write_text(yaml.safe_dump(raw))
+    latest = tmp_path / "runs" / "resumed" / "checkpoints" / "latest.pt"
+    process = subprocess.Popen([sys.executable, "-m", "derm.train", str(config_file)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not latest.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_after = load_checkpoint(latest)["epoch"]
+    assert killed_after < 3, "the run finished before it could be killed"
+
+    done = subprocess.run([sys.executable, "-m", "derm.train", str(config_file), "--resume"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert f"resumed from {latest} after epoch {killed_after}" in done.stdout
+    resumed = load_checkpoint(latest)["history"]
+    assert len(resumed) == 3
+    for whole, again in zip(uninterrupted, resumed):
+        for name in ("train_loss", "val_loss", "score", "dice", "balanced_accuracy"):
+            assert again[name] == pytest.approx(whole[name], rel=1e-5, abs=1e-6), (name, whole["epoch"])
