@@ -1,0 +1,51 @@
+"""A sweep whose driver is SIGKILLed resumes with --resume: every trial done once, none lost."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import yaml
+
+
+def test_killed_sweep_resumes_without_rerunning_or_losing_trials(ham_demo, tmp_path):
+    space = {
+        "name": "resumable",
+        "task": "multitask",
+        "data": {"root": str(ham_demo), "image_size": 32, "augment": "none"},
+        "model": {"arch": "Unet", "encoder": {"choice": ["resnet18", "mobilenet_v2", "efficientnet-b0"]},
+                  "encoder_weights": None},
+        "optim": {"lr": 1e-3},
+        "train": {"epochs": 3, "batch_size": 16},
+        "sweep": {"search": "grid", "scheduler": "fifo", "max_concurrent": 1, "resources": {"cpu": 1, "gpu": 0}},
+    }
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    out = tmp_path / "sweeps"
+    driver = subprocess.Popen([sys.executable, "-m", "derm.sweep", str(path), "--out", str(out),
+                               "--dashboard-port", "8378"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+    for line in driver.stdout:
+        seen.append(line)
+        if " epoch 2/3 " in line:  # the first trial is mid-way: kill the driver now
+            break
+    # SIGKILL the driver and the local Ray it started (same session): nothing shuts down cleanly.
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert any(" epoch 2/3 " in line for line in seen), "".join(seen)
+    (sweep_dir,) = (out / "resumable").iterdir()
+    assert not (sweep_dir / "leaderboard.csv").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "derm.sweep", "--resume", str(sweep_dir),
+                              "--dashboard-port", "8379"], capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
+    board = pd.read_csv(sweep_dir / "leaderboard.csv")
+    assert sorted(board["config.model.encoder"]) == ["efficientnet-b0", "mobilenet_v2", "resnet18"]
+    assert list(board["status"]) == ["completed"] * 3
+    for trial_dir in sweep_dir.glob("trial_*"):
+        epochs = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
+        assert epochs == [1, 2, 3], (trial_dir.name, epochs)
