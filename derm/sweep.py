@@ -46,6 +46,15 @@ class SweepPlan:
     tracking_uri: str
     parent_run_id: str | None
     demo_root: str | None
+    storage: str | None = None
+
+    @property
+    def experiment_path(self) -> str:
+        """Where Ray Tune keeps the experiment state and trial checkpoints: the sweep folder,
+        or ``<storage URI>/<name>/<timestamp>`` when ``--storage`` is a URI (s3://, gs://, file://)."""
+        if self.storage and "://" in self.storage:
+            return f"{self.storage.rstrip('/')}/{self.space.name}/{self.sweep_dir.name}"
+        return str(self.sweep_dir)
 
 
 def demo_dataset(task: str, cache_root: Path | None = None) -> tuple[str, str]:
@@ -95,7 +104,7 @@ def plan_sweep(space: SearchSpace, out_root: Path, storage: str | None, mlflow_u
     parent = RunLogger(tracking_uri, f"derm-sweep-{space.name}", stamp,
                        tags={"derm.sweep_dir": str(sweep_dir)})
     parent.log_params({"sweep": space.sweep.model_dump(mode="json"), "searched": list(space.searched_keys)})
-    plan = SweepPlan(sweep_dir, space, tracking_uri, parent.run_id, demo_root)
+    plan = SweepPlan(sweep_dir, space, tracking_uri, parent.run_id, demo_root, storage)
     (sweep_dir / SWEEP_FILE).write_text(json.dumps({
         "source": space.source, "overrides": list(space.overrides), "demo_root": demo_root,
         "tracking_uri": tracking_uri, "parent_run_id": parent.run_id, "storage": storage,
@@ -113,7 +122,8 @@ def load_plan(sweep_dir: Path) -> SweepPlan:
     space = build_search_space(file_values, info["source"], tuple(info["overrides"]))
     if info["demo_root"]:
         space = apply_demo(space, info["demo_root"], DEMO_LAYOUTS.get(space.task, "ham10000"))
-    return SweepPlan(sweep_dir.resolve(), space, info["tracking_uri"], info["parent_run_id"], info["demo_root"])
+    return SweepPlan(sweep_dir.resolve(), space, info["tracking_uri"], info["parent_run_id"], info["demo_root"],
+                     info.get("storage"))
 
 
 def train_trial(config: dict[str, Any], *, space: SearchSpace, split_records: dict[str, str],
@@ -152,9 +162,18 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, split_records: di
 
     split = pd.Series(split_records, name="split")
     split.index.name = "image_id"
+    # Actors are reused (see build_tuner): an earlier trial's process-wide torch mode must not leak.
+    import torch
+
+    torch.use_deterministic_algorithms(False)
     try:
         with tempfile.TemporaryDirectory(prefix="derm-trial-") as run_dir:
-            fit(cfg, run_dir, reporter=report, resume=resume, split=split)
+            result = fit(cfg, run_dir, reporter=report, resume=resume, split=split)
+            # The child run keeps what reproduces the trial: its resolved config and epoch history.
+            pd.DataFrame(result.history).to_csv(Path(run_dir) / "history.csv", index=False)
+            logger.log_artifact(Path(run_dir) / "config.yaml")
+            logger.log_artifact(Path(run_dir) / "history.csv")
+            logger.set_tags({"derm.best_epoch": result.best_epoch, "derm.best_score": result.best_score})
     except BaseException:
         logger.finish("FAILED")
         raise
@@ -199,12 +218,26 @@ class SweepConsole:
         return _Console(*args, **kwargs)
 
 
+def use_token_auth_if_available(address: str | None) -> None:
+    """`ray start` turns token authentication on when a token exists (Ray 2.60), but a driver
+    given an explicit address does not, and the head refuses it. Ray reads the mode when it
+    is imported, so this runs before any ``import ray``."""
+    if address and "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def start_ray(address: str | None, dashboard_port: int, space: SearchSpace) -> SearchSpace:
     """Join a cluster or start a local Ray with its dashboard on 127.0.0.1; say where it is."""
+    use_token_auth_if_available(address)
     import ray
 
     if address:
-        context = ray.init(address=address, log_to_driver=False)
+        host = address.split("://")[-1].rsplit(":", 1)[0]
+        # A head bound to loopback registers its node as 127.0.0.1; a driver on that machine
+        # must say the same, or Ray looks for a local raylet at the machine's public IP.
+        local = {"_node_ip_address": "127.0.0.1"} if host in ("127.0.0.1", "localhost") else {}
+        context = ray.init(address=address, log_to_driver=False, **local)
     else:
         context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port,
                            log_to_driver=False)
@@ -224,40 +257,53 @@ def start_ray(address: str | None, dashboard_port: int, space: SearchSpace) -> S
 def run_sweep(plan: SweepPlan, *, address: str | None = None, dashboard_port: int = 8265,
               resume: bool = False):
     """Run (or resume) the sweep; returns Ray Tune's ResultGrid."""
+    use_token_auth_if_available(address)
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from derm.data.splits import read_split
-    from derm.search_space import build_searcher
 
     space = start_ray(address, dashboard_port, plan.space)
     settings = space.sweep
     split = read_split(plan.sweep_dir / "split.csv")
-    resources = {"cpu": settings.resources.cpu, "gpu": settings.resources.gpu}
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, space=space, split_records={str(k): v for k, v in split.items()},
-                             tracking_uri=plan.tracking_uri, parent_run_id=plan.parent_run_id,
-                             cpus=settings.resources.cpu),
-        resources)
+    trainable = tune.with_parameters(train_trial, space=space, split_records={str(k): v for k, v in split.items()},
+                                     tracking_uri=plan.tracking_uri, parent_run_id=plan.parent_run_id,
+                                     cpus=settings.resources.cpu)
+    return build_tuner(plan, trainable, resume=resume).fit()
+
+
+def build_tuner(plan: SweepPlan, trainable, *, resume: bool = False, reuse_actors: bool = True):
+    """The sweep's Tuner around ``trainable`` (a function trainable; the plan's resources are added).
+
+    ``reuse_actors`` keeps each trial's worker process for the next trial with the same
+    resources: starting a fresh Ray actor costs about 1.5 s per trial on 2 cores
+    (benchmarks/trial_startup.py), which a sweep of short trials pays many times over.
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from derm.search_space import build_searcher
+
+    space, settings = plan.space, plan.space.sweep
+    trainable = tune.with_resources(trainable, {"cpu": settings.resources.cpu, "gpu": settings.resources.gpu})
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # lose little to a killed driver
     # Every epoch checkpoints (for resume); Ray's warning about frequent snapshots is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if resume:
-        tuner = tune.Tuner.restore(str(plan.sweep_dir), trainable, resume_unfinished=True, resume_errored=False)
-        return tuner.fit()
+        return tune.Tuner.restore(plan.experiment_path, trainable, resume_unfinished=True, resume_errored=False)
     scheduler = (ASHAScheduler(time_attr="training_iteration", metric=settings.metric, mode=settings.mode,
                                max_t=space.max_epochs, grace_period=settings.grace_period,
                                reduction_factor=settings.reduction_factor)
                  if settings.scheduler == "asha" else FIFOScheduler())
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=build_searcher(space), scheduler=scheduler,
                                     num_samples=settings.num_samples,
                                     max_concurrent_trials=settings.max_concurrent,
+                                    reuse_actors=reuse_actors,
                                     trial_name_creator=lambda t: t.trial_id,
                                     trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
         run_config=tune.RunConfig(
-            name=plan.sweep_dir.name, storage_path=str(plan.sweep_dir.parent), verbose=0,
+            name=plan.sweep_dir.name, storage_path=plan.experiment_path.rsplit("/", 1)[0], verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=settings.keep_checkpoints,
                                                     checkpoint_score_attribute=settings.metric,
                                                     checkpoint_score_order=settings.mode),
@@ -265,7 +311,6 @@ def run_sweep(plan: SweepPlan, *, address: str | None = None, dashboard_port: in
             callbacks=[SweepConsole(settings.metric, settings.mode, space.max_epochs)],
         ),
     )
-    return tuner.fit()
 
 
 def finish_sweep(plan: SweepPlan) -> Path:
@@ -273,7 +318,7 @@ def finish_sweep(plan: SweepPlan) -> Path:
     from derm.leaderboard import load_trials, rank_trials
     from derm.tracking import RunLogger
 
-    board = rank_trials(load_trials(plan.sweep_dir), plan.space.sweep.metric, plan.space.sweep.mode,
+    board = rank_trials(load_trials(plan.experiment_path), plan.space.sweep.metric, plan.space.sweep.mode,
                         plan.space.max_epochs)
     path = plan.sweep_dir / "leaderboard.csv"
     board.to_csv(path, index=False)
@@ -297,7 +342,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                         help="join an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--dashboard-port", type=int, default=8265, help="local Ray dashboard port (127.0.0.1)")
-    parser.add_argument("--storage", help="where trials write (a shared path for multi-node sweeps)")
+    parser.add_argument("--storage", help="where trials write checkpoints: a path every node can read (NFS) "
+                                          "or a URI (s3://bucket/sweeps, gs://..., file://...)")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite in the sweep folder)")
     parser.add_argument("--out", default="sweeps", help="root folder of sweep outputs (default: sweeps)")
     return parser.parse_intermixed_args(argv)

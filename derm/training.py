@@ -30,7 +30,7 @@ from derm.data.loaders import PreparedData, prepare_data
 from derm.errors import DermError
 from derm.losses import build_loss
 from derm.metrics import make_accumulators, sweep_score
-from derm.models import build_model, param_groups
+from derm.models import build_model, count_parameters, param_groups
 from derm.optim import build_optimizer, build_scheduler
 
 # reporter(metrics, checkpoint_path): called once per epoch, after the checkpoint is written.
@@ -103,7 +103,7 @@ def fit(
     data: PreparedData | None = None,
     split=None,
     train_on: tuple[str, ...] = ("train",),
-    evaluate_on: str = "val",
+    evaluate_on: str | None = "val",
     log: Callable[[str], None] = lambda message: None,
     progress: Progress | None = None,
 ) -> FitResult:
@@ -124,11 +124,13 @@ def fit(
     amp_dtype = autocast_dtype(cfg.train.amp, device)
 
     if data is None:
-        data = prepare_data(cfg, run_dir=run_dir, split=split, train_on=train_on, evaluate_on=(evaluate_on,),
-                            device=device, log=log)
-    train_loader, eval_loader = data.loaders["train"], data.loaders[evaluate_on]
+        data = prepare_data(cfg, run_dir=run_dir, split=split, train_on=train_on,
+                            evaluate_on=() if evaluate_on is None else (evaluate_on,), device=device, log=log)
+    train_loader = data.loaders["train"]
+    eval_loader = None if evaluate_on is None else data.loaders[evaluate_on]
 
     model = build_model(cfg).to(device)
+    parameters_m = count_parameters(model) / 1e6
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg, data.class_counts, data.attribute_positive_fraction).to(device)
@@ -163,21 +165,28 @@ def fit(
         train_parts, seen = train_one_epoch(
             model, loss_fn, optimizer, schedule, scaler, train_loader, cfg, device, amp_dtype, epoch, progress)
         train_seconds = time.perf_counter() - started
-        val_metrics = evaluate(model, eval_loader, cfg.task, device, amp_dtype, loss_fn, epoch=epoch + 1)
-        score = sweep_score(val_metrics, cfg.task, score_weights)
-        schedule.after_epoch(score)
+        if eval_loader is None:
+            # No split to score: the epoch count alone picks the model (the last one), and a
+            # plateau schedule watches the training loss instead (negated: its mode is max).
+            val_metrics, score = {}, math.nan
+            schedule.after_epoch(-train_parts["loss"])
+        else:
+            val_metrics = evaluate(model, eval_loader, cfg.task, device, amp_dtype, loss_fn, epoch=epoch + 1)
+            score = sweep_score(val_metrics, cfg.task, score_weights)
+            schedule.after_epoch(score)
 
         metrics = {
             "epoch": epoch + 1,
-            "score": score,
+            **({} if eval_loader is None else {"score": score}),
             **val_metrics,
             **{f"train_{name}": value for name, value in train_parts.items()},
             "lr": schedule.current_lr(),
+            "params_m": parameters_m,
             "epoch_seconds": time.perf_counter() - started,
             "images_per_second": seen / train_seconds if train_seconds > 0 else 0.0,
         }
         history.append(metrics)
-        if score > best_score:
+        if eval_loader is None or score > best_score:
             best_score, best_epoch, best_metrics = score, epoch + 1, dict(metrics)
         metrics["best_score"], metrics["best_epoch"] = best_score, best_epoch
 
@@ -246,13 +255,22 @@ def train_one_epoch(model, loss_fn, optimizer, schedule, scaler, loader, cfg: Ru
 
 
 @torch.no_grad()
-def predict_batches(model, loader, device, amp_dtype=None, channels_last: bool = False):
-    """Yield (batch, probabilities) with sigmoid masks under "seg" and softmax under "cls"."""
+def predict_batches(model, loader, device, amp_dtype=None, channels_last: bool = False,
+                    forward_seconds: list[float] | None = None):
+    """Yield (batch, outputs, probabilities): sigmoid masks under "seg", softmax under "cls".
+
+    ``forward_seconds``, when given, collects each batch's model time (data loading excluded).
+    """
     model.eval()
     for batch in loader:
         batch = move_batch(batch, device, channels_last)
+        started = time.perf_counter()
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             outputs = model(batch["image"])
+        if forward_seconds is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            forward_seconds.append(time.perf_counter() - started)
         probs = {}
         if "seg" in outputs:
             probs["seg"] = torch.sigmoid(outputs["seg"].float())
@@ -266,8 +284,8 @@ def evaluate(model, loader, task: str, device, amp_dtype=None, loss_fn=None,
              epoch: int | None = None) -> dict[str, float]:
     """Validation (or test) metrics of ``model`` over ``loader`` for ``task``."""
     accumulators = make_accumulators(task)
-    loss_sum, seen = 0.0, 0
-    for batch, outputs, probs in predict_batches(model, loader, device, amp_dtype):
+    loss_sum, seen, forward_seconds = 0.0, 0, []
+    for batch, outputs, probs in predict_batches(model, loader, device, amp_dtype, forward_seconds=forward_seconds):
         if not all(torch.isfinite(p).all() for p in probs.values()):
             # The last steps' updates diverged the weights although their loss was finite.
             raise NonFiniteLossError(
@@ -284,6 +302,7 @@ def evaluate(model, loader, task: str, device, amp_dtype=None, loss_fn=None,
         metrics.update(acc.compute())
     if loss_fn is not None:
         metrics["val_loss"] = loss_sum / max(seen, 1)
+    metrics["inference_ms_per_image"] = 1000 * sum(forward_seconds) / max(seen, 1)
     return metrics
 
 

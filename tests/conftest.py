@@ -36,3 +36,35 @@ def task2_demo(tmp_path_factory):
     """An ISIC 2018 Task 2 synthetic dataset: 48 images at 64x64."""
     return write_synthetic_dataset(tmp_path_factory.mktemp("task2") / "ISIC2018", "isic2018-task2",
                                    n=48, size=(64, 64), seed=0)
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(ham_demo, tmp_path_factory):
+    """A finished multitask sweep folder on ``ham_demo``, run by ``python -m derm.sweep``.
+
+    Grid over three encoders, 2 epochs, FIFO: two trials complete and the third
+    (``tu-not_a_timm_model``) fails, so exports and retrains see every kind of row.
+    """
+    import subprocess
+    import sys
+
+    import yaml
+
+    folder = tmp_path_factory.mktemp("finished-sweep")
+    space = {
+        "name": "finished",
+        "task": "multitask",
+        "data": {"root": str(ham_demo), "image_size": 32, "augment": "none"},
+        "model": {"arch": "Unet", "encoder": {"choice": ["resnet18", "mobilenet_v2", "tu-not_a_timm_model"]},
+                  "encoder_weights": None},
+        "optim": {"lr": 1e-3},
+        "train": {"epochs": 2, "batch_size": 16},
+        "sweep": {"search": "grid", "scheduler": "fifo", "max_concurrent": 2, "resources": {"cpu": 1, "gpu": 0}},
+    }
+    (folder / "finished.yaml").write_text(yaml.safe_dump(space))
+    done = subprocess.run([sys.executable, "-m", "derm.sweep", str(folder / "finished.yaml"),
+                           "--out", str(folder / "sweeps"), "--dashboard-port", "8379"],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (sweep_dir,) = (folder / "sweeps" / "finished").iterdir()
+    return sweep_dir

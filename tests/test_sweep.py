@@ -32,7 +32,7 @@ def write_space(tmp_path, data_root, **sweep):
 
 
 def auth_token() -> str | None:
-    done = subprocess.run(["ray", "get-auth-token"], capture_output=True, text=True)
+    done = subprocess.run([str(Path(sys.executable).parent / "ray"), "get-auth-token"], capture_output=True, text=True)
     token = done.stdout.strip().splitlines()[-1] if done.returncode == 0 and done.stdout.strip() else None
     if token is None and (Path.home() / ".ray" / "auth_token").is_file():
         token = (Path.home() / ".ray" / "auth_token").read_text().strip()
@@ -94,6 +94,10 @@ def test_sweep_with_a_failing_trial_marks_it_failed_and_completes_the_others(ham
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert sorted(r.info.status for r in children) == ["FAILED", "FINISHED", "FINISHED"]
     assert "leaderboard.csv" in [a.path for a in client.list_artifacts(parents[0].info.run_id)]
+    for child in children:
+        if child.info.status == "FINISHED":
+            assert {"config.yaml", "history.csv"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
+            assert "dice" in child.data.metrics and "encoder" in str(child.data.params)
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -123,3 +127,21 @@ def test_missing_data_names_the_folder_and_suggests_demo(tmp_path):
     done = subprocess.run([sys.executable, "-m", "derm.sweep", str(path)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert str(tmp_path / "HAM10000") in done.stderr and "ham10000" in done.stderr and "--demo" in done.stderr
+
+
+def test_storage_uri_holds_the_trials_and_the_sweep_folder_the_leaderboard(ham_demo, tmp_path):
+    space = write_space(tmp_path, ham_demo)
+    store = tmp_path / "store"
+    done = subprocess.run(
+        [sys.executable, "-m", "derm.sweep", str(space), "model.encoder=resnet18", "train.epochs=1",
+         "--out", str(tmp_path / "sweeps"), "--storage", store.as_uri(), "--dashboard-port", "8378"],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (sweep_dir,) = (tmp_path / "sweeps" / "tiny").iterdir()
+    board = pd.read_csv(sweep_dir / "leaderboard.csv")
+    assert list(board["status"]) == ["completed"]
+    # Ray Tune's state and the trial's checkpoint went to the storage URI, not the sweep folder.
+    experiment = store / "tiny" / sweep_dir.name
+    assert list(experiment.glob("experiment_state-*.json"))
+    assert list(experiment.glob("trial_*/checkpoint_*/latest.pt"))
+    assert not list(sweep_dir.glob("trial_*"))
