@@ -47,7 +47,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, not a torch file, unsafe pickle
-        raise DermError(f"{path}: cannot be loaded as a derm checkpoint ({type(err).__name__}: {err})") from None
+        first_line = (str(err).strip().splitlines() or [""])[0]  # torch's unpickling advice runs to pages
+        raise DermError(f"{path}: cannot be loaded as a derm checkpoint ({type(err).__name__}: {first_line})") from None
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
         raise DermError(f"{path}: not a derm checkpoint (expected model and config entries)")
     return payload

@@ -38,6 +38,15 @@ def task2_demo(tmp_path_factory):
                                    n=48, size=(64, 64), seed=0)
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, so concurrent test sessions do not collide."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def finished_sweep(ham_demo, tmp_path_factory):
     """A finished multitask sweep folder on ``ham_demo``, run by ``python -m derm.sweep``.
@@ -63,7 +72,7 @@ def finished_sweep(ham_demo, tmp_path_factory):
     }
     (folder / "finished.yaml").write_text(yaml.safe_dump(space))
     done = subprocess.run([sys.executable, "-m", "derm.sweep", str(folder / "finished.yaml"),
-                           "--out", str(folder / "sweeps"), "--dashboard-port", "8379"],
+                           "--out", str(folder / "sweeps"), "--dashboard-port", str(free_port())],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     (sweep_dir,) = (folder / "sweeps" / "finished").iterdir()

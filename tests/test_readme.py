@@ -30,3 +30,28 @@ def test_configs_named_in_the_readme_exist_and_validate():
 
     for path in set(re.findall(r"python -m derm.train (configs/[\w.-]+\.yaml)", README)):
         load_config(ROOT / path)
+
+
+def test_the_readme_search_space_example_is_a_valid_search_space(tmp_path):
+    from derm.search_space import load_search_space
+
+    (example,) = [block for block in re.findall(r"```yaml\n(.*?)```", README, re.S) if "sweep:" in block]
+    (tmp_path / "example.yaml").write_text(example)
+    space = load_search_space(tmp_path / "example.yaml")
+    assert {"model.encoder", "loss.focal_gamma", "optim.momentum"} <= set(space.searched_keys)
+
+
+def test_every_option_the_readme_shows_exists():
+    import contextlib
+    import io
+
+    for name in set(re.findall(r"python -m (derm(?:\.\w+)+)", README)):
+        module = importlib.import_module(name)
+        shown = {option for line in README.splitlines() if f"python -m {name} " in line
+                 for option in re.findall(r"(--[a-z][\w-]*)", line)}
+        if not shown:
+            continue
+        with contextlib.redirect_stdout(io.StringIO()) as usage, contextlib.suppress(SystemExit):
+            module.main(["--help"])
+        for option in shown:
+            assert option in usage.getvalue(), f"python -m {name} does not take {option}"

@@ -83,7 +83,7 @@ def _column_label(column: str) -> str:
     return column.removeprefix("attribute_").removesuffix("_path") + " mask"
 
 
-def _decode_image(path: str, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+def decode_image(path: str, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     # Never apply EXIF orientation: masks are drawn on the stored pixel grid.
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone switched it on; it would hide truncated files
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False for derm's checks")
@@ -148,7 +148,7 @@ def inspect_sample(
     if not os.path.exists(image_path):
         return None, [Problem(image_id, image_path, "image file not found")]
     try:
-        image, original_size = _decode_image(image_path, size)
+        image, original_size = decode_image(image_path, size)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         return None, [Problem(image_id, image_path, f"cannot decode image: {err}")]
     masks, problems = [], []
