@@ -27,6 +27,17 @@ def default_tracking_uri(folder: str | Path) -> str:
     return f"sqlite:///{path}"
 
 
+def artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a local SQLite store live beside it (``mlartifacts/``).
+
+    Without this MLflow writes them to ``./mlruns`` of whatever folder the command ran
+    in, far from the sweep they belong to. Servers choose their own artifact store.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
 def ui_command(tracking_uri: str) -> str:
     """The command that opens the MLflow UI on this store (bound to localhost)."""
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
@@ -61,7 +72,8 @@ class RunLogger:
             self.client.update_run(run_id, status="RUNNING")
             return
         found = self.client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(
+            experiment, artifact_location=artifact_location(tracking_uri))
         all_tags = dict(tags or {})
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id

@@ -34,10 +34,14 @@ Attributes (ISIC 2018 Task 2; ``AttributeAccumulator``, channels in ``derm.label
     jaccard_micro        the same over all attributes together: the Task 2 score
     dice_micro
 
+``bootstrap_ci(statistic, n_items)`` gives percentile bootstrap intervals of metrics
+recomputed on resampled images (``derm.metrics.bootstrap``).
+
 ``sweep_score(metrics, task, weights)`` turns a metrics dict into the one number a
 sweep maximises; ``make_accumulators(task)`` gives the accumulators a task needs.
 """
 
+from derm.metrics.bootstrap import bootstrap_ci, percentile_interval, resample_indices
 from derm.metrics.classification import (
     UNDECIDED,
     ClassificationAccumulator,
@@ -75,6 +79,7 @@ __all__ = [
     "auroc_per_class",
     "balanced_accuracy",
     "binarize",
+    "bootstrap_ci",
     "confusion_counts",
     "confusion_matrix",
     "dice_from_counts",
@@ -83,8 +88,10 @@ __all__ = [
     "macro_auroc",
     "make_accumulators",
     "normalized_confusion_counts",
+    "percentile_interval",
     "precision_recall_f1",
     "predicted_labels",
+    "resample_indices",
     "sweep_score",
     "thresholded_jaccard",
     "to_numpy",

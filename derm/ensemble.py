@@ -1,0 +1,195 @@
+"""Predictions on an evaluation split from one model or the mean of several, kept per image.
+
+An ensemble averages its members' probabilities, head by head: the class softmax and the
+mask sigmoids (``average_probabilities``). ``predict_split`` runs every member over the
+same batches once, and keeps per image what every reported number and figure needs,
+never the full masks:
+
+- class probabilities and labels (Task 3 metrics, ROC, calibration, confusion matrix);
+- lesion-mask confusion counts (tp, fp, fn, tn), or per-attribute counts divided by the
+  pixel count (ISIC 2018 Task 2), from which every segmentation score follows;
+- a few sample images with their true and predicted masks, for the overlays.
+
+Because metrics are recomputed from these per-image records, any subset or resample of
+the images can be scored again (``SplitPredictions.metrics(indices)``), which is what the
+bootstrap confidence intervals do.
+
+    >>> members, ensemble = predict_split([model_a, model_b], loaders["test"], device, "multitask")  # doctest: +SKIP
+    >>> ensemble.metrics()["balanced_accuracy"]                                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from derm.labels import ATTRIBUTES
+from derm.metrics import (
+    ClassificationAccumulator,
+    binarize,
+    confusion_counts,
+    dice_from_counts,
+    jaccard_from_counts,
+    normalized_confusion_counts,
+    thresholded_jaccard,
+    to_numpy,
+)
+from derm.training import predict_batches
+
+LESION_TASKS = ("multitask", "segmentation")
+CLASS_TASKS = ("multitask", "classification")
+
+
+def average_probabilities(members: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The ensemble's probabilities: for each head ("cls", "seg"), the mean over members.
+
+    Probabilities, not logits, are averaged: the mean of softmaxes is still a distribution
+    over the classes, and the mean of sigmoids a per-pixel probability.
+
+    >>> average_probabilities([{"cls": torch.tensor([[1.0, 0.0]])}, {"cls": torch.tensor([[0.5, 0.5]])}])
+    {'cls': tensor([[0.7500, 0.2500]])}
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    heads = set(members[0])
+    if any(set(m) != heads for m in members):
+        raise ValueError(f"ensemble members predict different heads: {[sorted(m) for m in members]}")
+    return {head: torch.stack([m[head].float() for m in members]).mean(dim=0) for head in members[0]}
+
+
+@dataclass
+class Sample:
+    """One image kept for the overlays: uint8 RGB at the model's resolution, masks (C, S, S)."""
+
+    image_id: str
+    image: np.ndarray
+    true_mask: np.ndarray
+    probability: np.ndarray
+
+
+@dataclass
+class SplitPredictions:
+    """Per-image predictions of one model (or ensemble) on a split, in loader order.
+
+    ``class_probabilities`` (N, 7) and ``labels`` (N,) for tasks with a diagnosis head
+    (label -1: none); ``lesion_counts`` (N, 4) int tp, fp, fn, tn of the lesion mask;
+    ``attribute_counts`` (N, 5, 4) per-attribute counts divided by the pixel count.
+    """
+
+    task: str
+    image_ids: list[str] = field(default_factory=list)
+    class_probabilities: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    lesion_counts: np.ndarray | None = None
+    attribute_counts: np.ndarray | None = None
+    samples: list[Sample] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def metrics(self, indices: np.ndarray | None = None) -> dict[str, float]:
+        """The task's metrics over the images at ``indices`` (default: all; repeats count twice).
+
+        Equal, on all images, to what ``derm.training.evaluate`` reports for the same model.
+        """
+        indices = np.arange(len(self)) if indices is None else np.asarray(indices)
+        metrics: dict[str, float] = {}
+        if self.class_probabilities is not None:
+            labels = self.labels[indices]
+            labelled = labels >= 0
+            accumulator = ClassificationAccumulator()
+            accumulator.update(self.class_probabilities[indices][labelled], labels[labelled])
+            metrics.update(accumulator.compute())
+        if self.lesion_counts is not None:
+            metrics.update(lesion_scores(self.lesion_counts[indices]))
+        if self.attribute_counts is not None:
+            metrics.update(attribute_scores(self.attribute_counts[indices].sum(axis=0)))
+        return metrics
+
+    def classification_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and labels of the labelled images."""
+        labelled = self.labels >= 0
+        return self.class_probabilities[labelled], self.labels[labelled]
+
+
+def lesion_scores(counts: np.ndarray) -> dict[str, float]:
+    """The lesion-mask metrics of ``SegmentationAccumulator.compute`` from (N, 4) per-image counts."""
+    tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 2]
+    return {
+        "dice": float(dice_from_counts(tp.sum(), fp.sum(), fn.sum())),
+        "iou": float(jaccard_from_counts(tp.sum(), fp.sum(), fn.sum())),
+        "dice_per_image": float(np.mean(dice_from_counts(tp, fp, fn))),
+        "iou_per_image": float(np.mean(jaccard_from_counts(tp, fp, fn))),
+        "isic_task1_jaccard": float(np.mean(thresholded_jaccard(tp, fp, fn))),
+    }
+
+
+def attribute_scores(summed: np.ndarray, names: Sequence[str] | None = None) -> dict[str, float]:
+    """The Task 2 metrics of ``AttributeAccumulator.compute`` from (C, 4) normalised counts summed over images."""
+    metrics = {}
+    for name, (tp, fp, fn, _) in zip(names or ATTRIBUTES, summed):
+        metrics[f"jaccard_{name}"] = float(jaccard_from_counts(tp, fp, fn))
+        metrics[f"dice_{name}"] = float(dice_from_counts(tp, fp, fn))
+    tp, fp, fn, _ = summed.sum(axis=0)
+    metrics["jaccard_micro"] = float(jaccard_from_counts(tp, fp, fn))
+    metrics["dice_micro"] = float(dice_from_counts(tp, fp, fn))
+    return metrics
+
+
+class _Collector:
+    """Builds one SplitPredictions batch by batch."""
+
+    def __init__(self, task: str, keep_samples: int):
+        self.task, self.keep_samples = task, keep_samples
+        self.ids: list[str] = []
+        self.parts: dict[str, list[np.ndarray]] = {}
+        self.samples: list[Sample] = []
+
+    def add(self, batch: dict, probs: Mapping[str, torch.Tensor], arrays) -> None:
+        rows = to_numpy(batch["index"]).reshape(-1)
+        self.ids += [arrays.image_ids[row] for row in rows]
+        if "cls" in probs:
+            self.parts.setdefault("cls", []).append(to_numpy(probs["cls"]).astype(np.float64))
+            self.parts.setdefault("labels", []).append(to_numpy(batch["label"]).reshape(-1))
+        if "seg" in probs:
+            predicted, true = binarize(probs["seg"], 0.5), binarize(batch["mask"], 0.5)
+            if self.task in LESION_TASKS:
+                counts = np.stack(confusion_counts(predicted[:, 0], true[:, 0]), axis=1)
+                self.parts.setdefault("lesion", []).append(counts)
+            else:
+                self.parts.setdefault("attributes", []).append(normalized_confusion_counts(predicted, true))
+            for i, row in enumerate(rows[: self.keep_samples - len(self.samples)]):
+                self.samples.append(Sample(arrays.image_ids[row], np.array(arrays.images[row]),
+                                           to_numpy(batch["mask"][i]) > 0.5,
+                                           to_numpy(probs["seg"][i]).astype(np.float32)))
+
+    def result(self) -> SplitPredictions:
+        joined = {name: np.concatenate(parts) for name, parts in self.parts.items()}
+        return SplitPredictions(self.task, self.ids, joined.get("cls"), joined.get("labels"),
+                                joined.get("lesion"), joined.get("attributes"), self.samples)
+
+
+def predict_split(models: Sequence[torch.nn.Module], loader, device: torch.device, task: str, *,
+                  amp_dtype: torch.dtype | None = None,
+                  keep_samples: int = 8) -> tuple[list[SplitPredictions], SplitPredictions]:
+    """Each member's predictions and the ensemble's (their mean) over ``loader``, per image.
+
+    Each batch is read once and passed through every member. With one model, the
+    "ensemble" is that model's own predictions.
+    """
+    arrays = loader.dataset.arrays
+    members = [_Collector(task, keep_samples) for _ in models]
+    ensemble = _Collector(task, keep_samples) if len(models) > 1 else members[0]
+    for batch in loader:
+        member_probs = []
+        for model, collector in zip(models, members):
+            # predict_batches over a one-batch "loader": the loop's own forward pass and activations.
+            (_, _, probs), = predict_batches(model, [batch], device, amp_dtype)
+            collector.add(batch, probs, arrays)
+            member_probs.append(probs)
+        if len(models) > 1:
+            ensemble.add(batch, average_probabilities(member_probs), arrays)
+    return [m.result() for m in members], ensemble.result()

@@ -1,0 +1,242 @@
+"""Figures and text reports of a model's predictions on the test split.
+
+``write_report(predictions, folder)`` writes every file that applies to the task:
+
+| file | tasks | what |
+|---|---|---|
+| classification_report.txt | multitask, classification | per-class precision, recall, F1, support (scikit-learn) |
+| confusion_matrix.png | multitask, classification | counts and row-normalised (recall) side by side |
+| roc_curves.png | multitask, classification | one-vs-rest ROC per class, AUC in the legend |
+| calibration.png | multitask, classification | reliability diagram of the top-class confidence, with ECE |
+| attributes.png | attributes | Jaccard and Dice per ISIC 2018 Task 2 attribute |
+| overlays/<image>.png | multitask, segmentation | true (green) and predicted (red) lesion outlines |
+
+``write_ensemble_table`` (ensemble.md) and ``format_summary`` (the console lines) report a
+retrain-best summary (the dict in metrics.json) by its ``HEADLINE_METRICS``.
+
+Figures use matplotlib's object API (``Figure``, rendered by Agg), so no GUI backend and
+no global pyplot state is touched; curves come from scikit-learn.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import auc, classification_report, roc_curve
+
+from derm.ensemble import CLASS_TASKS, LESION_TASKS, Sample, SplitPredictions
+from derm.labels import ATTRIBUTES, CLASSES
+from derm.metrics import (
+    confusion_matrix,
+    dice_from_counts,
+    expected_calibration_error,
+    predicted_labels,
+)
+from derm.metrics.classification import ECE_BINS
+
+TRUTH_COLOUR, PREDICTION_COLOUR = "lime", "red"
+
+# The metrics a report leads with (and bootstraps), per task; the sweep's score comes first.
+HEADLINE_METRICS = {
+    "classification": ("balanced_accuracy", "accuracy", "f1_macro", "auroc", "ece"),
+    "segmentation": ("dice", "iou", "dice_per_image", "isic_task1_jaccard"),
+    "attributes": ("jaccard_micro", "dice_micro"),
+}
+HEADLINE_METRICS["multitask"] = HEADLINE_METRICS["classification"] + HEADLINE_METRICS["segmentation"]
+
+
+def classification_report_text(probabilities: np.ndarray, labels: np.ndarray) -> str:
+    """scikit-learn's per-class table for the seven classes (a tied top probability is no class)."""
+    return classification_report(labels, predicted_labels(probabilities), labels=list(range(len(CLASSES))),
+                                 target_names=list(CLASSES), digits=3, zero_division=0)
+
+
+def row_normalised(counts: np.ndarray) -> np.ndarray:
+    """Each row divided by its sum (the class's recall on the diagonal); empty rows stay 0."""
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+
+
+def plot_confusion_matrix(counts: np.ndarray, path: Path) -> Path:
+    """Counts and row-normalised confusion matrices side by side (rows truth, columns prediction)."""
+    figure = Figure(figsize=(13, 5.5), layout="constrained")
+    for ax, values, title, fmt in zip(figure.subplots(1, 2), (counts, row_normalised(counts)),
+                                      ("counts", "normalised by true class"), ("{:d}", "{:.2f}")):
+        image = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(values.max(), 1e-9))
+        figure.colorbar(image, ax=ax, shrink=0.8)
+        for (row, column), value in np.ndenumerate(values):
+            ax.text(column, row, fmt.format(int(value) if fmt == "{:d}" else value), ha="center", va="center",
+                    color="white" if value > values.max() / 2 else "black", fontsize=8)
+        ax.set(xticks=range(len(CLASSES)), yticks=range(len(CLASSES)), xticklabels=CLASSES, yticklabels=CLASSES,
+               xlabel="predicted", ylabel="true", title=f"Confusion matrix ({title})")
+    return _save(figure, path)
+
+
+def plot_roc_curves(probabilities: np.ndarray, labels: np.ndarray, path: Path) -> Path:
+    """One-vs-rest ROC curve per class present in the truth (and not alone), AUC in the legend."""
+    figure = Figure(figsize=(6.5, 6), layout="constrained")
+    ax = figure.subplots()
+    for k, name in enumerate(CLASSES):
+        is_class = labels == k
+        if is_class.any() and not is_class.all():
+            fpr, tpr, _ = roc_curve(is_class, probabilities[:, k])
+            ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f}, n={int(is_class.sum())})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02),
+           title="ROC curves, one class vs rest (test split)")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(figure, path)
+
+
+def plot_calibration(probabilities: np.ndarray, labels: np.ndarray, path: Path, n_bins: int = ECE_BINS) -> Path:
+    """Reliability diagram of the top-class confidence (accuracy per confidence bin), with ECE."""
+    confidence = probabilities.max(axis=1)
+    correct = (predicted_labels(probabilities) == labels).astype(int)
+    ece = expected_calibration_error(probabilities, labels, n_bins)
+    # pos_label: a test set where every prediction is right (or wrong) still has a curve.
+    accuracy, mean_confidence = calibration_curve(correct, confidence, n_bins=n_bins, strategy="uniform",
+                                                  pos_label=1)
+    figure = Figure(figsize=(6, 7), layout="constrained")
+    top, bottom = figure.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
+    top.plot(mean_confidence, accuracy, marker="o", label="model")
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1.02),
+            title=f"Reliability diagram (ECE {ece:.3f}, {n_bins} bins, n={len(labels)})")
+    top.legend(loc="upper left")
+    bottom.hist(confidence, bins=np.linspace(0, 1, n_bins + 1), color="tab:blue", alpha=0.7)
+    bottom.set(xlabel="top-class confidence", ylabel="images")
+    return _save(figure, path)
+
+
+def plot_attribute_scores(metrics: dict[str, float], path: Path) -> Path:
+    """Grouped bars of Jaccard and Dice per Task 2 attribute, with the micro averages."""
+    names = [*ATTRIBUTES, "micro"]
+    positions = np.arange(len(names))
+    figure = Figure(figsize=(9, 4.5), layout="constrained")
+    ax = figure.subplots()
+    for offset, score in ((-0.2, "jaccard"), (0.2, "dice")):
+        values = [metrics[f"{score}_{name}"] for name in names]
+        bars = ax.bar(positions + offset, values, width=0.4, label=score.capitalize())
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set(xticks=positions, xticklabels=[n.replace("_", " ") for n in names], ylim=(0, 1.1),
+           ylabel="score", title="ISIC 2018 Task 2 attributes (test split)")
+    ax.legend()
+    return _save(figure, path)
+
+
+def safe_file_stem(image_id: str) -> str:
+    """An image id as a file name that stays inside its folder."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", image_id).lstrip(".") or "image"
+
+
+def plot_overlay(sample: Sample, path: Path) -> Path:
+    """The image with the true (green) and predicted (red) lesion outlines, Dice in the title."""
+    truth, predicted = sample.true_mask[0], sample.probability[0] > 0.5
+    counts = (np.sum(truth & predicted), np.sum(~truth & predicted), np.sum(truth & ~predicted))
+    figure = Figure(figsize=(4, 4.3), layout="constrained")
+    ax = figure.subplots()
+    ax.imshow(sample.image, interpolation="nearest")
+    for mask, colour in ((truth, TRUTH_COLOUR), (predicted, PREDICTION_COLOUR)):
+        if mask.any() and not mask.all():  # a constant mask has no outline
+            ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.5)
+    ax.set_axis_off()
+    ax.set_title(f"{sample.image_id}  Dice {float(dice_from_counts(*counts)):.2f}", fontsize=9)
+    ax.legend(handles=[Line2D([], [], color=TRUTH_COLOUR, label="truth"),
+                       Line2D([], [], color=PREDICTION_COLOUR, label="prediction")],
+              loc="lower right", fontsize=7)
+    return _save(figure, path)
+
+
+def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub Markdown table of ``frame`` (numbers rounded), without extra dependencies."""
+    def cell(value) -> str:
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(predictions: SplitPredictions, folder: str | Path) -> list[Path]:
+    """Every report file that applies to ``predictions.task``, written into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if predictions.task in CLASS_TASKS:
+        probabilities, labels = predictions.classification_arrays()
+        report = folder / "classification_report.txt"
+        report.write_text(classification_report_text(probabilities, labels))
+        counts = confusion_matrix(predicted_labels(probabilities), labels, len(CLASSES))
+        written += [report, plot_confusion_matrix(counts, folder / "confusion_matrix.png"),
+                    plot_roc_curves(probabilities, labels, folder / "roc_curves.png"),
+                    plot_calibration(probabilities, labels, folder / "calibration.png")]
+    if predictions.task == "attributes":
+        written.append(plot_attribute_scores(predictions.metrics(), folder / "attributes.png"))
+    if predictions.task in LESION_TASKS:
+        written += write_overlays(predictions.samples, folder / "overlays")
+    return written
+
+
+def write_ensemble_table(summary: dict[str, Any], path: Path) -> Path:
+    """ensemble.md: the ensemble and each of its members on the test split, headline metrics."""
+    names = ["score", *HEADLINE_METRICS[summary["task"]]]
+    ensemble = summary["ensemble"]
+    rows = [{"model": "ensemble (mean probabilities)", **{n: ensemble["metrics"].get(n) for n in names}}]
+    rows += [{"model": f"{m['label']} {m['model']} ({m['epochs']} epoch{'s' * (m['epochs'] != 1)})",
+              **{n: m["test_metrics"].get(n) for n in names}} for m in summary["members"]]
+    text = (f"# Ensemble of {len(summary['members'])} models on the test split "
+            f"({summary['test_images']} images)\n\n" + markdown_table(pd.DataFrame(rows)))
+    intervals = [f"{n} {_interval(ensemble['ci95'], n)}" for n in names if _interval(ensemble["ci95"], n)]
+    if intervals:
+        text += (f"\nThe ensemble's 95% bootstrap intervals ({summary['bootstrap']['resamples']} resamples of "
+                 f"the test images): {', '.join(intervals)}.\n")
+    path.write_text(text)
+    return path
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Console lines: each member's headline test metrics, then mean ± std over seeds and the
+    95% interval (one configuration), or the ensemble's metrics and interval."""
+    names = ["score", *HEADLINE_METRICS[summary["task"]]]
+    table = pd.DataFrame([{"member": m["label"], **{n: m["test_metrics"].get(n) for n in names}}
+                          for m in summary["members"]])
+    lines = [f"test split: {summary['test_images']} images", table.to_string(index=False, float_format="%.4f")]
+    if summary["mode"] == "single":
+        central, spread, ci = summary["mean"], summary["std"], summary["ci95"]
+        title = f"mean of {len(summary['members'])} seeds"
+    else:
+        central, spread, ci = summary["ensemble"]["metrics"], {}, summary["ensemble"]["ci95"]
+        title = "ensemble"
+    lines.append(f"{title}:")
+    for name in names:
+        if central.get(name) is None:
+            continue
+        text = f"  {name} {central[name]:.4f}"
+        text += f" ± {spread[name]:.4f}" if spread.get(name) is not None else ""
+        text += f", 95% CI {_interval(ci, name)}" if _interval(ci, name) else ""
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def _interval(ci: dict[str, list], name: str) -> str:
+    bounds = ci.get(name)
+    return f"[{bounds[0]:.4f}, {bounds[1]:.4f}]" if bounds and None not in bounds else ""
+
+
+def write_overlays(samples: Sequence[Sample], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return [plot_overlay(sample, folder / f"{safe_file_stem(sample.image_id)}.png") for sample in samples]
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
