@@ -130,8 +130,10 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, split_records: di
                 tracking_uri: str, parent_run_id: str | None, cpus: float) -> None:
     """The Ray Tune trainable: one trial = the training loop with Ray's report and checkpoints."""
     import pandas as pd
+    import torch
     from ray import tune
 
+    from derm.checkpoint import load_checkpoint
     from derm.search_space import resolve_trial_config
     from derm.tracking import RunLogger
     from derm.training import fit
@@ -154,8 +156,29 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, split_records: di
     if checkpoint is not None:
         resume = Path(checkpoint.to_directory()) / "latest.pt"
 
+    closed = logged_config = False
+
+    def close_run(latest: Path) -> None:
+        """Log the trial's epoch history and mark its child run finished."""
+        nonlocal closed
+        history_csv = latest.parent.parent / "history.csv"
+        pd.DataFrame(load_checkpoint(latest)["history"]).to_csv(history_csv, index=False)
+        logger.log_artifact(history_csv)
+        logger.finish()
+        closed = True
+
     def report(metrics: dict[str, Any], latest: Path) -> None:
+        nonlocal logged_config
         logger.log_metrics(metrics, step=int(metrics["epoch"]))
+        # Kept current every epoch: a trial the scheduler cuts may never run another line.
+        logger.set_tags({"derm.best_epoch": metrics["best_epoch"], "derm.best_score": metrics["best_score"]})
+        if not logged_config:
+            logger.log_artifact(latest.parent.parent / "config.yaml")
+            logged_config = True
+        if metrics["epoch"] == cfg.train.epochs:
+            # ASHA stops a trial at max_t inside tune.report, and Ray may end this process
+            # before fit() returns: close the child run while we still can.
+            close_run(latest)
         with tempfile.TemporaryDirectory() as folder:
             os.link(latest, Path(folder) / "latest.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -163,21 +186,55 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, split_records: di
     split = pd.Series(split_records, name="split")
     split.index.name = "image_id"
     # Actors are reused (see build_tuner): an earlier trial's process-wide torch mode must not leak.
-    import torch
-
     torch.use_deterministic_algorithms(False)
     try:
         with tempfile.TemporaryDirectory(prefix="derm-trial-") as run_dir:
-            result = fit(cfg, run_dir, reporter=report, resume=resume, split=split)
-            # The child run keeps what reproduces the trial: its resolved config and epoch history.
-            pd.DataFrame(result.history).to_csv(Path(run_dir) / "history.csv", index=False)
-            logger.log_artifact(Path(run_dir) / "config.yaml")
-            logger.log_artifact(Path(run_dir) / "history.csv")
-            logger.set_tags({"derm.best_epoch": result.best_epoch, "derm.best_score": result.best_score})
-    except BaseException:
-        logger.finish("FAILED")
+            latest = Path(run_dir) / "checkpoints" / "latest.pt"
+            try:
+                fit(cfg, run_dir, reporter=report, resume=resume, split=split)
+            except SystemExit:
+                # How Ray Tune ends a trial its scheduler cuts: a SystemExit out of tune.report.
+                # The epochs reported so far are results, not a failure.
+                if not closed:
+                    close_run(latest)
+                raise
+            if not closed:
+                close_run(latest if latest.is_file() else resume)
+    except SystemExit:
         raise
-    logger.finish()
+    except BaseException:
+        if not closed:
+            logger.finish("FAILED")
+        raise
+
+
+class ChildRunCloser:
+    """Ray Tune callback: mark a completed trial's MLflow child run finished.
+
+    A trial the scheduler cuts ends inside tune.report; when Ray then ends its actor (the
+    last trials of a sweep), the trial's own code never gets to close the run.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        from ray.tune import Callback
+
+        class _Closer(Callback):
+            def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str | None):
+                self.tracking_uri, self.experiment, self.parent_run_id = tracking_uri, experiment, parent_run_id
+
+            def on_trial_complete(self, iteration, trials, trial, **info):
+                from mlflow.tracking import MlflowClient
+
+                client = MlflowClient(self.tracking_uri)
+                found = client.get_experiment_by_name(self.experiment)
+                if found is None or self.parent_run_id is None:
+                    return
+                query = (f"attributes.run_name = '{trial.trial_id}' and attributes.status = 'RUNNING' "
+                         f"and tags.`mlflow.parentRunId` = '{self.parent_run_id}'")
+                for run in client.search_runs([found.experiment_id], filter_string=query):
+                    client.set_terminated(run.info.run_id, status="FINISHED")
+
+        return _Closer(*args, **kwargs)
 
 
 class SweepConsole:
@@ -308,7 +365,8 @@ def build_tuner(plan: SweepPlan, trainable, *, resume: bool = False, reuse_actor
                                                     checkpoint_score_attribute=settings.metric,
                                                     checkpoint_score_order=settings.mode),
             failure_config=tune.FailureConfig(max_failures=settings.max_retries),
-            callbacks=[SweepConsole(settings.metric, settings.mode, space.max_epochs)],
+            callbacks=[SweepConsole(settings.metric, settings.mode, space.max_epochs),
+                       ChildRunCloser(plan.tracking_uri, f"derm-sweep-{space.name}", plan.parent_run_id)],
         ),
     )
 
@@ -316,6 +374,7 @@ def build_tuner(plan: SweepPlan, trainable, *, resume: bool = False, reuse_actor
 def finish_sweep(plan: SweepPlan) -> Path:
     """Write and print the leaderboard, attach it to the MLflow parent run."""
     from derm.leaderboard import load_trials, rank_trials
+    from derm.leaderboard_export import export_board
     from derm.tracking import RunLogger
 
     board = rank_trials(load_trials(plan.experiment_path), plan.space.sweep.metric, plan.space.sweep.mode,
@@ -325,10 +384,12 @@ def finish_sweep(plan: SweepPlan) -> Path:
     shown = ["rank", "trial_id", "status", "epochs_trained", plan.space.sweep.metric, "balanced_accuracy",
              "dice", "jaccard_micro", *(f"config.{k}" for k in plan.space.searched_keys)]
     print(board[[c for c in dict.fromkeys(shown) if c in board]].to_string(index=False, max_colwidth=30))
-    print(f"leaderboard: {path}")
+    (markdown,) = export_board(board, plan.space, plan.sweep_dir, formats=("md",), plots=False)
+    print(f"leaderboard: {path} and {markdown.name}; all formats and plots: python -m derm.leaderboard {plan.sweep_dir}")
     if plan.parent_run_id:
         parent = RunLogger(plan.tracking_uri, "", "", run_id=plan.parent_run_id)
         parent.log_artifact(path)
+        parent.log_artifact(markdown)
         parent.finish()
     return path
 

@@ -73,7 +73,7 @@ def test_sweep_with_a_failing_trial_marks_it_failed_and_completes_the_others(ham
     assert "mlflow ui --backend-store-uri" in text
 
     (sweep_dir,) = (tmp_path / "sweeps" / "tiny").iterdir()
-    for name in ("search_space.yaml", "split.csv", "sweep.json", "leaderboard.csv"):
+    for name in ("search_space.yaml", "split.csv", "sweep.json", "leaderboard.csv", "leaderboard.md"):
         assert (sweep_dir / name).is_file(), name
     board = pd.read_csv(sweep_dir / "leaderboard.csv")
     assert len(board) == 3
