@@ -2,10 +2,12 @@
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,15 +25,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_head(address: str, head: subprocess.Popen, seconds: float = 180) -> None:
+    """Until `ray status` reaches the head (its node registered); fail early if the head exited."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert head.poll() is None, "ray start --head exited"
+        status = subprocess.run([RAY, "status", "--address", address], capture_output=True, text=True,
+                                timeout=60, env={**os.environ, **TOKEN_AUTH})
+        if status.returncode == 0 and "CPU" in status.stdout:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the Ray head at {address} did not come up in {seconds} s")
+
+
 def test_sweep_runs_on_an_existing_cluster(ham_demo, tmp_path):
     port, dashboard = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # Ray's socket paths must stay short
-    head = subprocess.run([RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
-                           "--temp-dir", temp_dir, "--disable-usage-stats"], capture_output=True, text=True, timeout=120)
-    assert head.returncode == 0, head.stdout + head.stderr
+    # --block keeps the head in the foreground of its own process group, so the test can stop
+    # exactly this head (`ray stop` would stop every Ray on the machine).
+    head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
+                             "--temp-dir", temp_dir, "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"127.0.0.1:{port}"
     try:
+        wait_for_head(address, head)
         space = {
             "name": "cluster", "task": "segmentation",
             "data": {"root": str(ham_demo), "image_size": 32, "augment": "none"},
@@ -55,5 +73,9 @@ def test_sweep_runs_on_an_existing_cluster(ham_demo, tmp_path):
         assert jobs.returncode == 0, jobs.stderr
         assert "derm.sweep" in jobs.stdout and "SUCCEEDED" in jobs.stdout
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
