@@ -77,3 +77,18 @@ def finished_sweep(ham_demo, tmp_path_factory):
     assert done.returncode == 0, done.stdout + done.stderr
     (sweep_dir,) = (folder / "sweeps" / "finished").iterdir()
     return sweep_dir
+
+
+@pytest.fixture
+def official_classification(monkeypatch):
+    """The official isic-challenge-scoring Task 3 scorer: (truth_csv, pred_csv) -> its score."""
+    import pandas as pd
+    from isic_challenge_scoring.classification import ClassificationMetric, ClassificationScore
+
+    # isic-challenge-scoring 5.6 calls DataFrame.applymap, which pandas 3 removed.
+    if not hasattr(pd.DataFrame, "applymap"):
+        monkeypatch.setattr(pd.DataFrame, "applymap", pd.DataFrame.map, raising=False)
+
+    def score(truth_csv, pred_csv):
+        return ClassificationScore.from_file(truth_csv, pred_csv, ClassificationMetric.BALANCED_ACCURACY)
+    return score

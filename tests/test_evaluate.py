@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from isic_challenge_scoring import task2 as official_task2
-from isic_challenge_scoring.classification import ClassificationMetric, ClassificationScore
 from isic_challenge_scoring.segmentation import SegmentationScore
 from PIL import Image
 
@@ -114,17 +113,6 @@ def test_task2_equals_official_scorer(tmp_path, seed):
     assert ours["jaccard_micro"] == pytest.approx(official["overall"], abs=1e-6)
     assert ours["dice_micro"] == pytest.approx(official["micro_average"]["dice"], abs=1e-6)
     assert ours["jaccard_milia_like_cyst"] == 1.0  # absent everywhere: 1, as the official scorer says
-
-
-@pytest.fixture
-def official_classification(monkeypatch):
-    # isic-challenge-scoring 5.6 calls DataFrame.applymap, which pandas 3 removed.
-    if not hasattr(pd.DataFrame, "applymap"):
-        monkeypatch.setattr(pd.DataFrame, "applymap", pd.DataFrame.map, raising=False)
-
-    def score(truth_csv, pred_csv):
-        return ClassificationScore.from_file(truth_csv, pred_csv, ClassificationMetric.BALANCED_ACCURACY)
-    return score
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 from isic_challenge_scoring import task2 as official_task2
-from isic_challenge_scoring.classification import ClassificationMetric, ClassificationScore
 from isic_challenge_scoring.segmentation import SegmentationScore
 from PIL import Image
 
@@ -85,17 +84,6 @@ def assert_submission_mask(path: Path, size: tuple[int, int]) -> None:
     with Image.open(path) as mask:
         assert mask.mode == "L" and mask.size == size, path
         assert set(np.unique(np.asarray(mask))) <= {0, 255}, path
-
-
-@pytest.fixture
-def official_classification(monkeypatch):
-    # isic-challenge-scoring 5.6 calls DataFrame.applymap, which pandas 3 removed.
-    if not hasattr(pd.DataFrame, "applymap"):
-        monkeypatch.setattr(pd.DataFrame, "applymap", pd.DataFrame.map, raising=False)
-
-    def score(truth_csv, pred_csv):
-        return ClassificationScore.from_file(truth_csv, pred_csv, ClassificationMetric.BALANCED_ACCURACY)
-    return score
 
 
 # ---------------------------------------------------------------- submission files
