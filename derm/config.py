@@ -210,6 +210,11 @@ class RunConfig(Section):
             raise ValueError(f"model.cascade needs task multitask (segment, then classify), got task {self.task}")
         if self.task == "attributes" and self.data.layout not in ("auto", "isic2018-task2"):
             raise ValueError(f"task attributes needs data.layout isic2018-task2, got {self.data.layout}")
+        # Checked here, not only when the schedule is built: a sweep would otherwise find out
+        # inside its trials, after Ray started and the data was read.
+        if self.optim.warmup_epochs and self.optim.warmup_epochs >= self.train.epochs:
+            raise ValueError(f"optim.warmup_epochs: {self.optim.warmup_epochs} must be less than train.epochs "
+                             f"({self.train.epochs}), to leave epochs after the warm-up")
         return self
 
     @property
@@ -247,7 +252,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     if first["type"].startswith("literal_error"):
         message = message.replace("Input should be", "allowed:")
         return f"{source}: {key}: got {first.get('input')!r}; {message}"
-    if first["type"] == "value_error" or not loc:
+    if not loc:  # a check across sections: its message names the keys
+        return f"{source}: {message}"
+    if first["type"] == "value_error":
         return f"{source}: {key}: {message}"
     return f"{source}: {key}: {message} (got {first.get('input')!r})"
 

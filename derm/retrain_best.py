@@ -127,6 +127,9 @@ def member_config(member: Member, runs_dir: Path) -> RunConfig:
     cfg = member.candidate.config.model_copy(deep=True)
     cfg.name, cfg.out_dir = member.label, str(runs_dir)
     cfg.train.seed, cfg.train.epochs = member.seed, member.epochs
+    # A trial whose best epoch came early may have had a warm-up as long as that: shorten
+    # the warm-up (the caller says so) rather than refuse to retrain.
+    cfg.optim.warmup_epochs = min(cfg.optim.warmup_epochs, member.epochs - 1)
     return cfg
 
 
@@ -244,6 +247,9 @@ def retrain_best(sweep_dir: str | Path, *, rank: int = 1, top: int | None = None
             cfg = member_config(member, out / "members")
             log(f"retraining rank {member.candidate.rank} (trial {member.candidate.trial_id}) seed {member.seed} "
                 f"for {member.epochs} epochs on train+val")
+            if cfg.optim.warmup_epochs < member.candidate.config.optim.warmup_epochs:
+                log(f"  warm-up shortened from {member.candidate.config.optim.warmup_epochs} to "
+                    f"{cfg.optim.warmup_epochs} epochs to fit {member.epochs} epochs")
             checkpoints.append(retrain(cfg, out / "members" / member.label, split, log).best_checkpoint)
         first = member_config(members[0], out / "members")
         device = select_device(first.train.device)

@@ -130,10 +130,8 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, split_records: di
                 tracking_uri: str, parent_run_id: str | None, cpus: float) -> None:
     """The Ray Tune trainable: one trial = the training loop with Ray's report and checkpoints."""
     import pandas as pd
-    import torch
     from ray import tune
 
-    from derm.checkpoint import load_checkpoint
     from derm.search_space import resolve_trial_config
     from derm.tracking import RunLogger
     from derm.training import fit
@@ -156,85 +154,64 @@ def train_trial(config: dict[str, Any], *, space: SearchSpace, split_records: di
     if checkpoint is not None:
         resume = Path(checkpoint.to_directory()) / "latest.pt"
 
-    closed = logged_config = False
-
-    def close_run(latest: Path) -> None:
-        """Log the trial's epoch history and mark its child run finished."""
-        nonlocal closed
-        history_csv = latest.parent.parent / "history.csv"
-        pd.DataFrame(load_checkpoint(latest)["history"]).to_csv(history_csv, index=False)
-        logger.log_artifact(history_csv)
-        logger.finish()
-        closed = True
+    logged_config = False
 
     def report(metrics: dict[str, Any], latest: Path) -> None:
+        # Everything is logged before tune.report: a trial the scheduler cuts ends inside it
+        # (SystemExit) and may never run another line. Its final status is the driver's
+        # to set (ChildRunStatus), which sees every way a trial ends.
         nonlocal logged_config
+        run_dir = latest.parent.parent
         logger.log_metrics(metrics, step=int(metrics["epoch"]))
-        # Kept current every epoch: a trial the scheduler cuts may never run another line.
         logger.set_tags({"derm.best_epoch": metrics["best_epoch"], "derm.best_score": metrics["best_score"]})
         if not logged_config:
-            logger.log_artifact(latest.parent.parent / "config.yaml")
+            logger.log_artifact(run_dir / "config.yaml")
             logged_config = True
-        if metrics["epoch"] == cfg.train.epochs:
-            # ASHA stops a trial at max_t inside tune.report, and Ray may end this process
-            # before fit() returns: close the child run while we still can.
-            close_run(latest)
+        logger.log_artifact(run_dir / "history.csv")
         with tempfile.TemporaryDirectory() as folder:
             os.link(latest, Path(folder) / "latest.pt")
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
     split = pd.Series(split_records, name="split")
     split.index.name = "image_id"
-    # Actors are reused (see build_tuner): an earlier trial's process-wide torch mode must not leak.
-    torch.use_deterministic_algorithms(False)
-    try:
-        with tempfile.TemporaryDirectory(prefix="derm-trial-") as run_dir:
-            latest = Path(run_dir) / "checkpoints" / "latest.pt"
-            try:
-                fit(cfg, run_dir, reporter=report, resume=resume, split=split)
-            except SystemExit:
-                # How Ray Tune ends a trial its scheduler cuts: a SystemExit out of tune.report.
-                # The epochs reported so far are results, not a failure.
-                if not closed:
-                    close_run(latest)
-                raise
-            if not closed:
-                close_run(latest if latest.is_file() else resume)
-    except SystemExit:
-        raise
-    except BaseException:
-        if not closed:
-            logger.finish("FAILED")
-        raise
+    with tempfile.TemporaryDirectory(prefix="derm-trial-") as run_dir:
+        fit(cfg, run_dir, reporter=report, resume=resume, split=split)
 
 
-class ChildRunCloser:
-    """Ray Tune callback: mark a completed trial's MLflow child run finished.
+class ChildRunStatus:
+    """Ray Tune callback: the final status of each trial's MLflow child run.
 
-    A trial the scheduler cuts ends inside tune.report; when Ray then ends its actor (the
-    last trials of a sweep), the trial's own code never gets to close the run.
+    Set here, in the driver, because only the driver sees every way a trial ends: a trial
+    the scheduler cuts stops inside tune.report, and Ray may end its actor (or reuse it for
+    the next trial) before the trial's own code runs again; a crashed worker runs nothing.
     """
 
     def __new__(cls, *args, **kwargs):
         from ray.tune import Callback
 
-        class _Closer(Callback):
+        class _Status(Callback):
             def __init__(self, tracking_uri: str, experiment: str, parent_run_id: str | None):
                 self.tracking_uri, self.experiment, self.parent_run_id = tracking_uri, experiment, parent_run_id
 
             def on_trial_complete(self, iteration, trials, trial, **info):
+                self._terminate(trial.trial_id, "FINISHED")
+
+            def on_trial_error(self, iteration, trials, trial, **info):
+                self._terminate(trial.trial_id, "FAILED")
+
+            def _terminate(self, trial_id: str, status: str) -> None:
                 from mlflow.tracking import MlflowClient
 
                 client = MlflowClient(self.tracking_uri)
                 found = client.get_experiment_by_name(self.experiment)
                 if found is None or self.parent_run_id is None:
                     return
-                query = (f"attributes.run_name = '{trial.trial_id}' and attributes.status = 'RUNNING' "
+                query = (f"attributes.run_name = '{trial_id}' "
                          f"and tags.`mlflow.parentRunId` = '{self.parent_run_id}'")
                 for run in client.search_runs([found.experiment_id], filter_string=query):
-                    client.set_terminated(run.info.run_id, status="FINISHED")
+                    client.set_terminated(run.info.run_id, status=status)
 
-        return _Closer(*args, **kwargs)
+        return _Status(*args, **kwargs)
 
 
 class SweepConsole:
@@ -366,7 +343,7 @@ def build_tuner(plan: SweepPlan, trainable, *, resume: bool = False, reuse_actor
                                                     checkpoint_score_order=settings.mode),
             failure_config=tune.FailureConfig(max_failures=settings.max_retries),
             callbacks=[SweepConsole(settings.metric, settings.mode, space.max_epochs),
-                       ChildRunCloser(plan.tracking_uri, f"derm-sweep-{space.name}", plan.parent_run_id)],
+                       ChildRunStatus(plan.tracking_uri, f"derm-sweep-{space.name}", plan.parent_run_id)],
         ),
     )
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from derm.checkpoint import load_checkpoint, save_checkpoint
@@ -109,16 +110,17 @@ def fit(
 ) -> FitResult:
     """Train ``cfg`` for ``cfg.train.epochs`` epochs, evaluating on ``evaluate_on`` each epoch.
 
-    Writes ``config.yaml``, ``split.csv`` and ``checkpoints/{latest,best}.pt`` under
-    ``run_dir``. ``resume`` is a checkpoint to continue from (its epoch, optimiser and
+    Writes ``config.yaml``, ``split.csv``, ``history.csv`` (one row per epoch, rewritten
+    each epoch) and ``checkpoints/{latest,best}.pt`` under ``run_dir``. ``resume`` is a checkpoint to continue from (its epoch, optimiser and
     schedule). ``train_on=("train", "val"), evaluate_on="test"`` is retrain-best's
     final fit; a sweep never passes "test".
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    # Set both ways: the mode is process-wide, and a reused Ray actor or a notebook may run
+    # a non-deterministic fit after a deterministic one.
+    torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
     seed_everything(cfg.train.seed)
     device = select_device(cfg.train.device)
     amp_dtype = autocast_dtype(cfg.train.amp, device)
@@ -205,6 +207,7 @@ def fit(
             "config": cfg.to_dict(),
             "split": data.split_records(),
         }
+        pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
         checkpoints = run_dir / "checkpoints"
         latest = save_checkpoint(payload, checkpoints / "latest.pt")
         if best_epoch == epoch + 1:

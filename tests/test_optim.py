@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from derm.config import OptimConfig
+from derm.config import OptimConfig, config_from_dict
 from derm.errors import ConfigError
 from derm.optim import build_optimizer, build_scheduler
 
@@ -178,6 +178,8 @@ def test_config_mistakes_are_config_errors():
     cfg = OptimConfig(warmup_epochs=5)
     with pytest.raises(ConfigError, match=r"optim.warmup_epochs \(5\) must be less than train.epochs \(5\)"):
         build_scheduler(make_optimizer(cfg), cfg, epochs=5, steps_per_epoch=2)
+    with pytest.raises(ConfigError, match=r"^x.yaml: optim.warmup_epochs: 5 must be less than train.epochs \(5\)"):
+        config_from_dict({"optim": {"warmup_epochs": 5}, "train": {"epochs": 5}}, "x.yaml")
     cfg = OptimConfig(scheduler="plateau", gamma=1.0)
     with pytest.raises(ConfigError, match="optim.gamma must be < 1 for scheduler plateau"):
         build_scheduler(make_optimizer(cfg), cfg, epochs=5, steps_per_epoch=2)

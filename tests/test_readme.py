@@ -2,6 +2,7 @@
 
 import importlib
 import re
+import shlex
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,11 +26,35 @@ def test_every_command_in_the_readme_is_a_module_with_a_main():
         assert callable(getattr(module, "main", None)), name
 
 
-def test_configs_named_in_the_readme_exist_and_validate():
+def documented_commands(module: str) -> list[tuple[str, list[str]]]:
+    """(file, key=value overrides) of each `python -m module FILE ...` in the README's and docs' code blocks."""
+    commands = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        # Fences alternate open/close: the odd pieces are the code blocks (any language).
+        for block in page.read_text().split("```")[1::2]:
+            for match in re.finditer(rf"python -m {re.escape(module)} ([^\n#&]*)", block):
+                words = shlex.split(match.group(1))
+                if words and words[0].endswith(".yaml"):
+                    commands.append((words[0], [w for w in words[1:] if "=" in w and not w.startswith("-")]))
+    return commands
+
+
+def test_configs_and_overrides_the_docs_show_for_derm_train_validate():
     from derm.config import load_config
 
-    for path in set(re.findall(r"python -m derm.train (configs/[\w.-]+\.yaml)", README)):
-        load_config(ROOT / path)
+    commands = documented_commands("derm.train")
+    assert any(overrides for _, overrides in commands)
+    for path, overrides in commands:
+        load_config(ROOT / path, overrides)
+
+
+def test_search_spaces_and_overrides_the_docs_show_for_derm_sweep_load():
+    from derm.search_space import load_search_space
+
+    commands = documented_commands("derm.sweep")
+    assert len(commands) >= 8 and any(overrides for _, overrides in commands)
+    for path, overrides in commands:
+        load_search_space(ROOT / path, overrides)
 
 
 def test_the_readme_search_space_example_is_a_valid_search_space(tmp_path):

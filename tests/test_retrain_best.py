@@ -153,6 +153,18 @@ def test_top_without_ensemble_is_refused(finished_sweep, capsys):
     assert "--top K and --ensemble go together" in capsys.readouterr().err
 
 
+def test_a_warm_up_longer_than_the_earned_epochs_is_shortened_to_fit(tmp_path):
+    from derm.config import config_from_dict
+    from derm.retrain_best import Candidate, Member, member_config
+
+    trial = config_from_dict({"optim": {"warmup_epochs": 3}, "train": {"epochs": 9, "seed": 5}})
+    candidate = Candidate(rank=1, trial_id="t1", best_epoch=2, sweep_value=0.7, config=trial)
+    cfg = member_config(Member(candidate, seed=6, epochs=2), tmp_path)
+    assert (cfg.train.epochs, cfg.train.seed, cfg.optim.warmup_epochs) == (2, 6, 1)
+    assert trial.optim.warmup_epochs == 3  # the trial's own config is untouched
+    assert member_config(Member(candidate, seed=5, epochs=8), tmp_path).optim.warmup_epochs == 3
+
+
 # The bootstrap (derm.metrics.bootstrap)
 
 def test_percentile_interval_by_hand():

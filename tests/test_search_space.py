@@ -42,7 +42,7 @@ GOOD = """
       lr: {loguniform: [1.0e-5, 1.0e-2]}
       momentum: {uniform: [0.8, 0.99], when: {optim.name: sgd}}
       warmup_epochs: {int: [0, 4], step: 2}
-    train: {epochs: 3}
+    train: {epochs: 5}
     sweep:
       num_samples: 12
       grace_period: 1
@@ -179,6 +179,9 @@ BAD_SPACES = {
                                    "sweep.grace_period: 5 is more than"),
     "step that does not divide": ("optim: {warmup_epochs: {int: [0, 5], step: 2}}",
                                   "optim.warmup_epochs: int range 0..5"),
+    "warm-up as long as training": ("optim: {warmup_epochs: {int: [0, 3]}}\ntrain: {epochs: 3}\n"
+                                    "sweep: {grace_period: 1}",
+                                    "optim.warmup_epochs: 3 must be less than train.epochs (3)"),
     "when without a distribution": ("optim: {momentum: {when: {optim.name: sgd}}}",
                                     "optim.momentum: when needs a distribution"),
 }
@@ -207,13 +210,13 @@ def test_whole_gpus_and_fractions_are_accepted(tmp_path):
 
 def test_override_fixes_a_searched_key_and_changes_sweep_settings(tmp_path):
     path = write_space(tmp_path, GOOD)
-    space = load_search_space(path, ["optim.name=adam", "sweep.num_samples=4", "train.epochs=2",
+    space = load_search_space(path, ["optim.name=adam", "sweep.num_samples=4", "train.epochs=6",
                                      "sweep.resources.gpu=0.5"])
     assert "optim.name" not in space.searched_keys
     assert space.base_config.optim.name == "adam"
     assert space.sweep.num_samples == 4
     assert space.sweep.resources.gpu == 0.5
-    assert space.max_epochs == 2
+    assert space.max_epochs == 6
     # The first point agrees with the override; the second (sgd) no longer fits and is dropped.
     assert space.seed_points == ({"model.arch": "Segformer", "model.encoder__Segformer": "mit_b1",
                                   "optim.lr": 1e-3},)

@@ -67,6 +67,20 @@ def test_a_model_overfits_sixteen_images(ham_demo, tmp_path):
     assert history[-1]["train_loss"] <= 0.5 * history[0]["train_loss"]
 
 
+def test_each_fit_sets_torch_deterministic_mode_its_own_way(ham_demo, tmp_path):
+    # The mode is process-wide: a reused Ray actor runs trials one after another.
+    seen = []
+    try:
+        for deterministic in (True, False):
+            cfg = make_config(ham_demo, "classification", tmp_path, data={"image_size": 32},
+                              train={"epochs": 1, "deterministic": deterministic})
+            fit(cfg, tmp_path / f"run-{deterministic}",
+                reporter=lambda metrics, path: seen.append(torch.are_deterministic_algorithms_enabled()))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert seen == [True, False]
+
+
 def test_checkpoints_load_with_weights_only_and_hold_the_run(ham_demo, tmp_path):
     cfg = make_config(ham_demo, "classification", tmp_path, train={"epochs": 1})
     result = fit(cfg, tmp_path / "run")
