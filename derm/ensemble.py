@@ -26,15 +26,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from derm.labels import ATTRIBUTES
 from derm.metrics import (
     ClassificationAccumulator,
+    attribute_scores,
     binarize,
     confusion_counts,
-    dice_from_counts,
-    jaccard_from_counts,
+    lesion_scores,
     normalized_confusion_counts,
-    thresholded_jaccard,
     to_numpy,
 )
 from derm.training import predict_batches
@@ -113,30 +111,6 @@ class SplitPredictions:
         """Probabilities and labels of the labelled images."""
         labelled = self.labels >= 0
         return self.class_probabilities[labelled], self.labels[labelled]
-
-
-def lesion_scores(counts: np.ndarray) -> dict[str, float]:
-    """The lesion-mask metrics of ``SegmentationAccumulator.compute`` from (N, 4) per-image counts."""
-    tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 2]
-    return {
-        "dice": float(dice_from_counts(tp.sum(), fp.sum(), fn.sum())),
-        "iou": float(jaccard_from_counts(tp.sum(), fp.sum(), fn.sum())),
-        "dice_per_image": float(np.mean(dice_from_counts(tp, fp, fn))),
-        "iou_per_image": float(np.mean(jaccard_from_counts(tp, fp, fn))),
-        "isic_task1_jaccard": float(np.mean(thresholded_jaccard(tp, fp, fn))),
-    }
-
-
-def attribute_scores(summed: np.ndarray, names: Sequence[str] | None = None) -> dict[str, float]:
-    """The Task 2 metrics of ``AttributeAccumulator.compute`` from (C, 4) normalised counts summed over images."""
-    metrics = {}
-    for name, (tp, fp, fn, _) in zip(names or ATTRIBUTES, summed):
-        metrics[f"jaccard_{name}"] = float(jaccard_from_counts(tp, fp, fn))
-        metrics[f"dice_{name}"] = float(dice_from_counts(tp, fp, fn))
-    tp, fp, fn, _ = summed.sum(axis=0)
-    metrics["jaccard_micro"] = float(jaccard_from_counts(tp, fp, fn))
-    metrics["dice_micro"] = float(dice_from_counts(tp, fp, fn))
-    return metrics
 
 
 class _Collector:

@@ -66,6 +66,8 @@ from derm.metrics.score import DEFAULT_SCORE_WEIGHTS, make_accumulators, sweep_s
 from derm.metrics.segmentation import (
     AttributeAccumulator,
     SegmentationAccumulator,
+    attribute_scores,
+    lesion_scores,
     normalized_confusion_counts,
 )
 
@@ -76,6 +78,7 @@ __all__ = [
     "ISIC_TASK1_THRESHOLD",
     "SegmentationAccumulator",
     "UNDECIDED",
+    "attribute_scores",
     "auroc_per_class",
     "balanced_accuracy",
     "binarize",
@@ -85,6 +88,7 @@ __all__ = [
     "dice_from_counts",
     "expected_calibration_error",
     "jaccard_from_counts",
+    "lesion_scores",
     "macro_auroc",
     "make_accumulators",
     "normalized_confusion_counts",

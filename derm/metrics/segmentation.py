@@ -45,6 +45,30 @@ def _as_image_masks(values: Any, threshold: float) -> np.ndarray:
     return masks
 
 
+def lesion_scores(counts: np.ndarray) -> dict[str, float]:
+    """dice, iou (dataset), dice_per_image, iou_per_image, isic_task1_jaccard from (N, 4) per-image counts."""
+    tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 2]
+    return {
+        "dice": float(dice_from_counts(tp.sum(), fp.sum(), fn.sum())),
+        "iou": float(jaccard_from_counts(tp.sum(), fp.sum(), fn.sum())),
+        "dice_per_image": float(np.mean(dice_from_counts(tp, fp, fn))),
+        "iou_per_image": float(np.mean(jaccard_from_counts(tp, fp, fn))),
+        "isic_task1_jaccard": float(np.mean(thresholded_jaccard(tp, fp, fn))),
+    }
+
+
+def attribute_scores(summed: np.ndarray, names: tuple[str, ...] = ATTRIBUTES) -> dict[str, float]:
+    """jaccard_<name>, dice_<name>, jaccard_micro, dice_micro from (C, 4) normalised counts summed over images."""
+    metrics = {}
+    for name, (tp, fp, fn, _) in zip(names, summed):
+        metrics[f"jaccard_{name}"] = float(jaccard_from_counts(tp, fp, fn))
+        metrics[f"dice_{name}"] = float(dice_from_counts(tp, fp, fn))
+    tp, fp, fn, _ = summed.sum(axis=0)
+    metrics["jaccard_micro"] = float(jaccard_from_counts(tp, fp, fn))
+    metrics["dice_micro"] = float(dice_from_counts(tp, fp, fn))
+    return metrics
+
+
 class SegmentationAccumulator:
     """Binary lesion-mask metrics from per-image confusion counts.
 
@@ -81,15 +105,7 @@ class SegmentationAccumulator:
         if not len(counts):
             raise DataError("segmentation metrics need at least one image with a lesion mask; "
                             "the evaluation set has none")
-        tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 2]
-        total_tp, total_fp, total_fn = tp.sum(), fp.sum(), fn.sum()
-        return {
-            "dice": float(dice_from_counts(total_tp, total_fp, total_fn)),
-            "iou": float(jaccard_from_counts(total_tp, total_fp, total_fn)),
-            "dice_per_image": float(np.mean(dice_from_counts(tp, fp, fn))),
-            "iou_per_image": float(np.mean(jaccard_from_counts(tp, fp, fn))),
-            "isic_task1_jaccard": float(np.mean(thresholded_jaccard(tp, fp, fn))),
-        }
+        return lesion_scores(counts)
 
 
 def normalized_confusion_counts(pred: Any, true: Any) -> np.ndarray:
@@ -145,11 +161,4 @@ class AttributeAccumulator:
         if not self.images:
             raise DataError("attribute metrics need at least one image with attribute masks; "
                             "the evaluation set has none")
-        metrics = {}
-        for name, (tp, fp, fn, _) in zip(self.names, self._sums):
-            metrics[f"jaccard_{name}"] = float(jaccard_from_counts(tp, fp, fn))
-            metrics[f"dice_{name}"] = float(dice_from_counts(tp, fp, fn))
-        tp, fp, fn, _ = self._sums.sum(axis=0)
-        metrics["jaccard_micro"] = float(jaccard_from_counts(tp, fp, fn))
-        metrics["dice_micro"] = float(dice_from_counts(tp, fp, fn))
-        return metrics
+        return attribute_scores(self._sums, self.names)
