@@ -6,7 +6,7 @@ HAM10000 datasets of each size, for each trial count, and times the whole comman
 start, the sweep, the leaderboard). The decode-once cache lives in a temporary folder, so
 the first sweep on each dataset also pays for decoding it once.
 
-    python benchmarks/scaling.py                              # 8/16/32 trials x 500/2000 images, ~25 min
+    python benchmarks/scaling.py                              # 8/16/32 trials x 500/2000 images, ~20 min
     python benchmarks/scaling.py --trials 4 8 --images 200    # smaller
 
 Prints a table (minutes) and, last, the marginal seconds per trial at each size.
