@@ -214,7 +214,8 @@ class RunConfig(Section):
         # inside its trials, after Ray started and the data was read.
         if self.optim.warmup_epochs and self.optim.warmup_epochs >= self.train.epochs:
             raise ValueError(f"optim.warmup_epochs: {self.optim.warmup_epochs} must be less than train.epochs "
-                             f"({self.train.epochs}), to leave epochs after the warm-up")
+                             f"({self.train.epochs}); shorten the warm-up (in a search space, its range) "
+                             f"or train for more epochs")
         return self
 
     @property

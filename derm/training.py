@@ -111,8 +111,8 @@ def fit(
     """Train ``cfg`` for ``cfg.train.epochs`` epochs, evaluating on ``evaluate_on`` each epoch.
 
     Writes ``config.yaml``, ``split.csv``, ``history.csv`` (one row per epoch, rewritten
-    each epoch) and ``checkpoints/{latest,best}.pt`` under ``run_dir``. ``resume`` is a checkpoint to continue from (its epoch, optimiser and
-    schedule). ``train_on=("train", "val"), evaluate_on="test"`` is retrain-best's
+    each epoch) and ``checkpoints/{latest,best}.pt`` under ``run_dir``. ``resume`` is a
+    checkpoint to continue from (its epoch, optimiser and schedule). ``train_on=("train", "val"), evaluate_on="test"`` is retrain-best's
     final fit; a sweep never passes "test".
     """
     run_dir = Path(run_dir)
