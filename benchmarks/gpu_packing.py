@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     if device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(0)}, bf16 {torch.cuda.is_bf16_supported()}")
     cpus = os.cpu_count() or 4
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="derm-bench-cache-") as cache_dir:
         amp = run_config(root, size, "auto", args.epochs, cache_dir, device)
         fp32 = run_config(root, size, "off", args.epochs, cache_dir, device)

@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         write_synthetic_dataset(root, "ham10000", n=args.images, size=(args.size, args.size), seed=0)
         (root / ".complete").write_text("")
     print(machine_line())
-    ray.init(include_dashboard=False, log_to_driver=False, num_cpus=args.cpus)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, num_cpus=args.cpus)
     torch.set_num_threads(args.cpus)
     with tempfile.TemporaryDirectory(prefix="derm-bench-cache-") as cache_dir:
         cfg = run_config(root, args.size, args.augment, 2, cache_dir)

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     space = load_search_space(ROOT / "search_spaces" / "unet.yaml", [f"sweep.num_samples={args.trials}"])
     demo_root, layout = demo_dataset(space.task)
     space = apply_demo(space, demo_root, layout)
-    start_ray(None, 8291, space)
+    start_ray(None, None)
     print(f"{args.trials} trials of a trivial trainable, {space.sweep.max_concurrent} concurrent, "
           f"{space.sweep.resources.cpu:g} CPU each, {space.sweep.search} + {space.sweep.scheduler}")
     with tempfile.TemporaryDirectory(prefix="derm-bench-startup-") as folder:

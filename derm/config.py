@@ -16,6 +16,7 @@ A mistake is one line naming the file, the key and what is allowed::
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from derm.errors import ConfigError
+from derm.metric_names import check_metric_name
 from derm.model_names import check_architecture, check_encoder, suggest
 
 Task = Literal["multitask", "attributes", "segmentation", "classification"]
@@ -210,6 +212,11 @@ class RunConfig(Section):
             raise ValueError(f"model.cascade needs task multitask (segment, then classify), got task {self.task}")
         if self.task == "attributes" and self.data.layout not in ("auto", "isic2018-task2"):
             raise ValueError(f"task attributes needs data.layout isic2018-task2, got {self.data.layout}")
+        for name in self.train.score_weights or {}:
+            try:
+                check_metric_name(name, self.task, "train.score_weights", loop=False)
+            except ConfigError as err:  # as ValueError, so the message gets the file
+                raise ValueError(str(err)) from None
         # Checked here, not only when the schedule is built: a sweep would otherwise find out
         # inside its trials, after Ray started and the data was read.
         if self.optim.warmup_epochs and self.optim.warmup_epochs >= self.train.epochs:
@@ -331,6 +338,37 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return config_from_dict(raw, source)
 
 
+# Config keys that name files or folders. A relative one means relative to the folder the
+# command runs in; Ray Tune runs each trial in a folder of its own, so a sweep resolves
+# them in the driver (``absolute_paths``) before any trial sees them.
+PATH_KEYS = ("data.root", "data.split_csv", "data.cache_dir", "out_dir")
+
+
+def absolute_paths(raw: dict[str, Any], base_dir: str | Path) -> dict[str, Any]:
+    """Make the path values of a raw config mapping absolute against ``base_dir`` (in place; returned).
+
+    ``~`` is expanded; values that are not strings (a searched distribution, null) are left
+    alone, and so is a ``mlflow.tracking_uri`` that is not a local file (a server URL).
+
+    >>> absolute_paths({"data": {"root": "data/HAM10000"}}, "/home/me/derm")
+    {'data': {'root': '/home/me/derm/data/HAM10000'}}
+    """
+    from derm.tracking import absolute_tracking_uri
+
+    base = Path(base_dir).expanduser()
+    for key in PATH_KEYS:
+        *sections, name = key.split(".")
+        node = raw
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(name), str) and node[name]:
+            node[name] = os.path.normpath(base / Path(node[name]).expanduser())
+    mlflow = raw.get("mlflow")
+    if isinstance(mlflow, dict) and isinstance(mlflow.get("tracking_uri"), str):
+        mlflow["tracking_uri"] = absolute_tracking_uri(mlflow["tracking_uri"], base)
+    return raw
+
+
 def save_config(cfg: RunConfig, path: str | Path) -> Path:
     """Write the fully resolved config (every default filled in) as YAML."""
     path = Path(path)
@@ -341,7 +379,7 @@ def save_config(cfg: RunConfig, path: str | Path) -> Path:
 
 __all__ = [
     "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "MlflowConfig",
-    "OptimConfig", "RunConfig", "TrainConfig", "SEG_LOSSES", "apply_overrides",
+    "OptimConfig", "PATH_KEYS", "RunConfig", "TrainConfig", "SEG_LOSSES", "absolute_paths", "apply_overrides",
     "config_from_dict", "load_config", "parse_override",
     "read_yaml", "save_config", "set_dotted",
 ]

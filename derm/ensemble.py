@@ -20,7 +20,7 @@ bootstrap confidence intervals do.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,8 +73,11 @@ class SplitPredictions:
     """Per-image predictions of one model (or ensemble) on a split, in loader order.
 
     ``class_probabilities`` (N, 7) and ``labels`` (N,) for tasks with a diagnosis head
-    (label -1: none); ``lesion_counts`` (N, 4) int tp, fp, fn, tn of the lesion mask;
+    (label -1: none); ``lesion_counts`` (N, 4) int tp, fp, fn, tn of the lesion mask, with
+    ``has_mask`` (N,) False for images that have none (their counts are not scored);
     ``attribute_counts`` (N, 5, 4) per-attribute counts divided by the pixel count.
+    Counts are taken at each image's original size when ``predict_split`` is given the
+    truth masks (the ISIC 2018 scorer's way), else at the model's input size.
     """
 
     task: str
@@ -84,6 +87,7 @@ class SplitPredictions:
     lesion_counts: np.ndarray | None = None
     attribute_counts: np.ndarray | None = None
     samples: list[Sample] = field(default_factory=list)
+    has_mask: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -102,7 +106,8 @@ class SplitPredictions:
             accumulator.update(self.class_probabilities[indices][labelled], labels[labelled])
             metrics.update(accumulator.compute())
         if self.lesion_counts is not None:
-            metrics.update(lesion_scores(self.lesion_counts[indices]))
+            with_mask = indices[self.has_mask[indices]] if self.has_mask is not None else indices
+            metrics.update(lesion_scores(self.lesion_counts[with_mask]))
         if self.attribute_counts is not None:
             metrics.update(attribute_scores(self.attribute_counts[indices].sum(axis=0)))
         return metrics
@@ -113,11 +118,15 @@ class SplitPredictions:
         return self.class_probabilities[labelled], self.labels[labelled]
 
 
+# truth_masks(image_id) -> bool (C, H, W): an image's true masks at its original size.
+TruthMasks = Callable[[str], np.ndarray]
+
+
 class _Collector:
     """Builds one SplitPredictions batch by batch."""
 
-    def __init__(self, task: str, keep_samples: int):
-        self.task, self.keep_samples = task, keep_samples
+    def __init__(self, task: str, keep_samples: int, truth_masks: TruthMasks | None = None):
+        self.task, self.keep_samples, self.truth_masks = task, keep_samples, truth_masks
         self.ids: list[str] = []
         self.parts: dict[str, list[np.ndarray]] = {}
         self.samples: list[Sample] = []
@@ -129,34 +138,58 @@ class _Collector:
             self.parts.setdefault("cls", []).append(to_numpy(probs["cls"]).astype(np.float64))
             self.parts.setdefault("labels", []).append(to_numpy(batch["label"]).reshape(-1))
         if "seg" in probs:
-            predicted, true = binarize(probs["seg"], 0.5), binarize(batch["mask"], 0.5)
-            if self.task in LESION_TASKS:
-                counts = np.stack(confusion_counts(predicted[:, 0], true[:, 0]), axis=1)
-                self.parts.setdefault("lesion", []).append(counts)
+            has_mask = to_numpy(batch["has_mask"]).reshape(-1).astype(bool) if "has_mask" in batch \
+                else np.ones(len(rows), bool)
+            self.parts.setdefault("has_mask", []).append(has_mask)
+            if self.truth_masks is not None:
+                counts = self._counts_at_original_size(probs["seg"], rows, has_mask, arrays)
             else:
-                self.parts.setdefault("attributes", []).append(normalized_confusion_counts(predicted, true))
+                counts = self._counts(binarize(probs["seg"], 0.5), binarize(batch["mask"], 0.5))
+            self.parts.setdefault("lesion" if self.task in LESION_TASKS else "attributes", []).append(counts)
             for i, row in enumerate(rows[: self.keep_samples - len(self.samples)]):
                 self.samples.append(Sample(arrays.image_ids[row], np.array(arrays.images[row]),
                                            to_numpy(batch["mask"][i]) > 0.5,
                                            to_numpy(probs["seg"][i]).astype(np.float32)))
 
+    def _counts(self, predicted: np.ndarray, true: np.ndarray) -> np.ndarray:
+        """Per-image counts of boolean (N, C, H, W) masks: lesion (N, 4), attributes (N, C, 4) normalised."""
+        if self.task in LESION_TASKS:
+            return np.stack(confusion_counts(predicted[:, 0], true[:, 0]), axis=1)
+        return normalized_confusion_counts(predicted, true)
+
+    def _counts_at_original_size(self, probabilities: torch.Tensor, rows: np.ndarray, has_mask: np.ndarray,
+                                 arrays) -> np.ndarray:
+        """As the ISIC scorer counts: the probabilities resized to the image's own size
+        (bilinear, then > 0.5, as derm.predict writes them) against the original truth."""
+        from derm.inference import masks_at_size
+
+        counts = []
+        for probability, row, present in zip(probabilities, rows, has_mask):
+            size = tuple(int(v) for v in arrays.original_sizes[row])
+            predicted = np.stack(masks_at_size(probability, size))[None]
+            true = self.truth_masks(arrays.image_ids[row])[None] if present else np.zeros_like(predicted)
+            counts.append(self._counts(predicted, true))
+        return np.concatenate(counts)
+
     def result(self) -> SplitPredictions:
         joined = {name: np.concatenate(parts) for name, parts in self.parts.items()}
         return SplitPredictions(self.task, self.ids, joined.get("cls"), joined.get("labels"),
-                                joined.get("lesion"), joined.get("attributes"), self.samples)
+                                joined.get("lesion"), joined.get("attributes"), self.samples,
+                                joined.get("has_mask") if self.task in LESION_TASKS else None)
 
 
 def predict_split(models: Sequence[torch.nn.Module], loader, device: torch.device, task: str, *,
-                  amp_dtype: torch.dtype | None = None,
-                  keep_samples: int = 8) -> tuple[list[SplitPredictions], SplitPredictions]:
+                  amp_dtype: torch.dtype | None = None, keep_samples: int = 8,
+                  truth_masks: TruthMasks | None = None) -> tuple[list[SplitPredictions], SplitPredictions]:
     """Each member's predictions and the ensemble's (their mean) over ``loader``, per image.
 
     Each batch is read once and passed through every member. With one model, the
-    "ensemble" is that model's own predictions.
+    "ensemble" is that model's own predictions. With ``truth_masks`` (image id -> its true
+    masks at the original size), segmentation is scored at each image's original size.
     """
     arrays = loader.dataset.arrays
-    members = [_Collector(task, keep_samples) for _ in models]
-    ensemble = _Collector(task, keep_samples) if len(models) > 1 else members[0]
+    members = [_Collector(task, keep_samples, truth_masks) for _ in models]
+    ensemble = _Collector(task, keep_samples, truth_masks) if len(models) > 1 else members[0]
     for batch in loader:
         member_probs = []
         for model, collector in zip(models, members):

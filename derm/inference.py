@@ -35,7 +35,7 @@ from derm.data.transforms import eval_transform
 from derm.errors import DermError
 from derm.labels import ATTRIBUTES, CLASSES
 from derm.models import build_model
-from derm.training import autocast_dtype, select_device
+from derm.training import autocast_dtype, select_device, without_pretrained_weights
 
 ImageSource = Union[str, Path, Image.Image, np.ndarray]
 
@@ -99,7 +99,10 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.M
     """The model of a derm checkpoint (latest.pt, best.pt, a sweep trial's), in eval mode on `device`."""
     payload = load_checkpoint(checkpoint, map_location="cpu")
     cfg = config_from_dict(payload["config"], source=f"{checkpoint} (its config)")
-    model = build_model(cfg, probe=False)
+    # The checkpoint holds every weight: building with the config's pretrained encoder
+    # (encoder_weights: imagenet) would download weights only to overwrite them, and fail
+    # on machines without internet.
+    model = build_model(without_pretrained_weights(cfg), probe=False)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as err:

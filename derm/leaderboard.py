@@ -140,7 +140,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from derm.leaderboard_export import export_board, markdown_table, parse_formats
+    from derm.leaderboard_export import export_board, parse_formats
 
     args = parse_args(argv)
     try:

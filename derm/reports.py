@@ -186,7 +186,8 @@ def write_report(predictions: SplitPredictions, folder: str | Path) -> list[Path
 
 
 def write_ensemble_table(summary: dict[str, Any], path: Path) -> Path:
-    """ensemble.md: the ensemble and each of its members on the test split, headline metrics."""
+    """ensemble.md: the ensemble and each of its members on the test split, headline metrics,
+    then the ensemble's 95% intervals and how they were drawn."""
     names = ["score", *HEADLINE_METRICS[summary["task"]]]
     ensemble = summary["ensemble"]
     rows = [{"model": "ensemble (mean probabilities)", **{n: ensemble["metrics"].get(n) for n in names}}]
@@ -196,26 +197,44 @@ def write_ensemble_table(summary: dict[str, Any], path: Path) -> Path:
             f"({summary['test_images']} images)\n\n" + markdown_table(pd.DataFrame(rows)))
     intervals = [f"{n} {_interval(ensemble['ci95'], n)}" for n in names if _interval(ensemble["ci95"], n)]
     if intervals:
-        text += (f"\nThe ensemble's 95% bootstrap intervals ({summary['bootstrap']['resamples']} resamples of "
-                 f"the test images): {', '.join(intervals)}.\n")
+        text += f"\nThe ensemble's 95% intervals: {', '.join(intervals)}.\n\n{bootstrap_line(summary)}.\n"
     path.write_text(text)
     return path
 
 
+def bootstrap_line(summary: dict[str, Any]) -> str:
+    """How a retrain-best summary's intervals were drawn, and of which estimate.
+
+    >>> line = bootstrap_line({"bootstrap": {"resamples": 1000, "seed": 0, "method": "stratified by true class",
+    ...                                      "of": "the mean over 3 seeds' models"}})
+    >>> print(line.replace(", of", ",\\nof"))
+    95% intervals: stratified percentile bootstrap over test images by true class (1000 resamples, seed 0),
+    of the mean over 3 seeds' models
+    """
+    bootstrap = summary["bootstrap"]
+    # metrics.json written before the method was recorded came from the plain image bootstrap.
+    kind = ("stratified percentile bootstrap over test images by true class"
+            if bootstrap.get("method") == "stratified by true class" else "percentile bootstrap over test images")
+    text = f"95% intervals: {kind} ({bootstrap['resamples']} resamples, seed {bootstrap['seed']})"
+    return f"{text}, of {bootstrap['of']}" if bootstrap.get("of") else text
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-    """Console lines: each member's headline test metrics, then mean ± std over seeds and the
-    95% interval (one configuration), or the ensemble's metrics and interval."""
+    """Console lines: each member's headline test metrics, then the estimate and its 95% interval:
+    the mean over seeds ± their standard deviation (one configuration) or the ensemble's
+    metric, and a line saying how the interval was drawn and of which estimate."""
     names = ["score", *HEADLINE_METRICS[summary["task"]]]
     table = pd.DataFrame([{"member": m["label"], **{n: m["test_metrics"].get(n) for n in names}}
                           for m in summary["members"]])
     lines = [f"test split: {summary['test_images']} images", table.to_string(index=False, float_format="%.4f")]
     if summary["mode"] == "single":
         central, spread, ci = summary["mean"], summary["std"], summary["ci95"]
-        title = f"mean of {len(summary['members'])} seeds"
+        seeds = len(summary["members"])
+        title = f"mean over {seeds} seeds ± std over seeds" if seeds > 1 else "one seed"
     else:
         central, spread, ci = summary["ensemble"]["metrics"], {}, summary["ensemble"]["ci95"]
-        title = "ensemble"
-    lines.append(f"{title}:")
+        title = "ensemble (mean probabilities)"
+    lines.append(f"{title}{', 95% interval of the same' if ci else ''}:")
     for name in names:
         if central.get(name) is None:
             continue
@@ -223,6 +242,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         text += f" ± {spread[name]:.4f}" if spread.get(name) is not None else ""
         text += f", 95% CI {_interval(ci, name)}" if _interval(ci, name) else ""
         lines.append(text)
+    if ci:
+        lines.append(bootstrap_line(summary))
     return "\n".join(lines)
 
 

@@ -10,8 +10,11 @@ model by a test score), then scores the untouched test split once.
     python -m derm.retrain_best sweeps/unet/2026-11-23_10-00-00 --top 3 --ensemble
 
 With several seeds (``train.seed + i``) it reports each seed's test metrics, their mean and
-standard deviation, and a bootstrap 95% interval of the mean over resampled test images.
-``--top K --ensemble`` retrains the K best configurations and averages their probabilities.
+standard deviation over seeds, and a 95% percentile bootstrap interval of that same mean
+over resampled test images (resampled within each true class where the task has a
+diagnosis head, see ``bootstrap_strata``). ``--top K --ensemble`` retrains the K best
+configurations, averages their probabilities and gives the ensemble's metrics with their
+intervals.
 Outputs (``results/<sweep>/<timestamp>/best`` by default) are listed in ``write_outputs``;
 the run is logged to the sweep's MLflow store, under its parent run.
 """
@@ -141,11 +144,14 @@ def retrain(cfg: RunConfig, run_dir: Path, split: pd.Series, log: Callable[[str]
 
 
 def load_test_split(cfg: RunConfig, split: pd.Series, device, log: Callable[[str], None] = print):
-    """The test split's evaluation loader (the only place retrain-best decodes test images)."""
+    """The test split's evaluation loader and its table rows (the only place retrain-best decodes test images).
+
+    Bad files are skipped and reported as in the sweep; the split stays the sweep's own.
+    """
     from derm.data.loaders import prepare_data
 
     data = prepare_data(cfg, split=split, train_on=("train", "val"), evaluate_on=("test",), device=device, log=log)
-    return data.loaders["test"]
+    return data.loaders["test"], data.tables["test"]
 
 
 def headline_statistic(predictions: Sequence, cfg: RunConfig) -> Callable[[np.ndarray], dict[str, float]]:
@@ -181,14 +187,43 @@ def seed_statistics(per_seed: Sequence[dict[str, float]]) -> tuple[dict[str, flo
     return frame.mean().to_dict(), {k: _finite(v) for k, v in std.to_dict().items()}
 
 
+def bootstrap_strata(predictions: Sequence) -> np.ndarray | None:
+    """The groups the bootstrap resamples within: the test images' true labels where the task
+    has a diagnosis head (multitask, classification; -1, no label, is a group of its own),
+    so class-averaged metrics score every class on every resample; None (plain image
+    bootstrap) for segmentation and attributes, whose metrics do not average over classes."""
+    from derm.ensemble import CLASS_TASKS
+
+    first = predictions[0]
+    return first.labels if first.task in CLASS_TASKS else None
+
+
+def bootstrap_method(predictions: Sequence) -> str:
+    """How ``confidence_intervals`` resamples: "stratified by true class" or "images"."""
+    return "images" if bootstrap_strata(predictions) is None else "stratified by true class"
+
+
+def interval_estimate(n_models: int, ensemble: bool) -> str:
+    """What the intervals are of, as metrics.json and the console say it."""
+    if ensemble:
+        return f"the ensemble of {n_models} models (mean probabilities)"
+    return f"the mean over {n_models} seeds' models" if n_models > 1 else "the one seed's model"
+
+
 def confidence_intervals(predictions: Sequence, cfg: RunConfig, resamples: int, seed: int) -> dict[str, list]:
-    """Bootstrap 95% intervals of the headline metrics (averaged over ``predictions``); {} if resamples is 0."""
+    """Percentile bootstrap 95% intervals of the headline metrics averaged over ``predictions``
+    (the mean over seeds' models, or one ensemble); {} if resamples is 0.
+
+    Every resample scores each model on the same test images and averages, so the interval
+    is that of the mean over models printed beside it. Resampled within the true classes
+    (``bootstrap_strata``) for tasks with a diagnosis head; plain image resamples otherwise.
+    """
     from derm.metrics.bootstrap import bootstrap_ci
 
     if resamples <= 0:
         return {}
     intervals = bootstrap_ci(headline_statistic(predictions, cfg), len(predictions[0]),
-                             n_resamples=resamples, seed=seed)
+                             strata=bootstrap_strata(predictions), n_resamples=resamples, seed=seed)
     return {name: [_finite(low), _finite(high)] for name, (low, high) in intervals.items()}
 
 
@@ -228,6 +263,7 @@ def retrain_best(sweep_dir: str | Path, *, rank: int = 1, top: int | None = None
     """
     import torch
 
+    from derm.data.loaders import truth_masks
     from derm.ensemble import predict_split
     from derm.inference import load_model
     from derm.training import autocast_dtype, select_device
@@ -254,11 +290,14 @@ def retrain_best(sweep_dir: str | Path, *, rank: int = 1, top: int | None = None
         first = member_config(members[0], out / "members")
         device = select_device(first.train.device)
         models = [load_model(path, device)[0] for path in checkpoints]
-        loader = load_test_split(first, split, device, log)
+        loader, rows = load_test_split(first, split, device, log)
+        # Masks are scored at each test image's own size, against its mask file, as the ISIC
+        # 2018 scorer (and derm.evaluate on derm.predict's files) does.
+        truth = truth_masks(rows, first.task) if first.task != "classification" else None
         with torch.inference_mode():
             member_predictions, mean_predictions = predict_split(
                 models, loader, device, first.task, amp_dtype=autocast_dtype(first.train.amp, device),
-                keep_samples=samples)
+                keep_samples=samples, truth_masks=truth)
         result = RetrainResult(out, {}, member_predictions, mean_predictions if ensemble else None)
         result.summary = summarise(plan, members, result, bootstrap, bootstrap_seed)
         result.files = write_outputs(result, members, checkpoints)
@@ -280,7 +319,9 @@ def summarise(plan, members: Sequence[Member], result: RetrainResult, resamples:
         "mode": "ensemble" if result.ensemble is not None else "single",
         "trained_on": ["train", "val"], "evaluated_on": "test", "test_images": len(result.members[0]),
         "members": [describe_member(m, metrics, plan.space.sweep.metric) for m, metrics in zip(members, per_member)],
-        "bootstrap": {"resamples": resamples, "seed": seed, "confidence": 0.95, "interval": "percentile"},
+        "bootstrap": {"resamples": resamples, "seed": seed, "confidence": 0.95, "interval": "percentile",
+                      "method": bootstrap_method(result.members),
+                      "of": interval_estimate(len(members), result.ensemble is not None)},
     }
     if result.ensemble is None:
         c = members[0].candidate

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,30 @@ def default_tracking_uri(folder: str | Path) -> str:
     path = Path(folder).resolve() / "mlflow.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def absolute_tracking_uri(uri: str, base_dir: str | Path | None = None) -> str:
+    """A tracking URI that means the same store from any working directory.
+
+    A relative SQLite path (``sqlite:///mlflow.db``) or a plain folder (MLflow's file store)
+    is made absolute against ``base_dir`` (default: the current folder); server URLs
+    (``http://``, ``databricks``, ...) are returned as they are.
+
+    >>> absolute_tracking_uri("sqlite:///runs/mlflow.db", "/home/me")
+    'sqlite:////home/me/runs/mlflow.db'
+    """
+    base = Path(base_dir or Path.cwd()).expanduser()
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        return "sqlite:///" + os.path.normpath(base / Path(path).expanduser()) if path != ":memory:" else uri
+    if uri.startswith("file:") or "://" in uri or uri == "databricks" or uri.startswith("databricks"):
+        return uri
+    return os.path.normpath(base / Path(uri).expanduser())
+
+
+def is_local_store(uri: str) -> bool:
+    """True for a store only this machine can open: a SQLite file or a local folder."""
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri and not uri.startswith("databricks")
 
 
 def artifact_location(tracking_uri: str) -> str | None:
@@ -106,3 +131,34 @@ class RunLogger:
 
     def finish(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+TRIAL_TAG = "derm.trial_id"
+
+
+def find_trial_run(tracking_uri: str, experiment: str, trial_id: str, parent_run_id: str | None) -> str | None:
+    """The run id of a sweep trial's child run, or None when it has none yet."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    query = f"tags.`{TRIAL_TAG}` = '{trial_id}'"
+    if parent_run_id:
+        query += f" and tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    runs = client.search_runs([found.experiment_id], filter_string=query, max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def trial_run(tracking_uri: str, experiment: str, trial_id: str, parent_run_id: str | None) -> tuple["RunLogger", bool]:
+    """The trial's child run, continued when it exists (a resumed or retried trial), else created.
+
+    Returns the logger and whether the run is new. One trial is one run, across any number
+    of resumes: its epochs are never split over two runs.
+    """
+    run_id = find_trial_run(tracking_uri, experiment, trial_id, parent_run_id)
+    if run_id is not None:
+        return RunLogger(tracking_uri, experiment, trial_id, run_id=run_id), False
+    return RunLogger(tracking_uri, experiment, trial_id, parent_run_id=parent_run_id,
+                     tags={TRIAL_TAG: trial_id}), True

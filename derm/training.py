@@ -13,7 +13,6 @@ checkpoint of epoch k therefore continues exactly as the uninterrupted run would
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -34,8 +33,9 @@ from derm.metrics import make_accumulators, sweep_score
 from derm.models import build_model, count_parameters, param_groups
 from derm.optim import build_optimizer, build_scheduler
 
-# reporter(metrics, checkpoint_path): called once per epoch, after the checkpoint is written.
-Reporter = Callable[[dict[str, Any], Path], None]
+# reporter(metrics, checkpoint_path): called once per epoch, after the checkpoint is written;
+# the path is None in epochs that write no "latest" checkpoint (train.checkpoint_every).
+Reporter = Callable[[dict[str, Any], Path | None], None]
 # progress(epoch, step, steps, running_loss): called after every training step.
 Progress = Callable[[int, int, int, float], None]
 
@@ -81,8 +81,17 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or amp == "off":
         return None
     if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # V100 and T4 only emulate bf16 (slower than fp32); is_bf16_supported() says True for
+        # them unless emulation is excluded. They get fp16 with a GradScaler instead.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def without_pretrained_weights(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``model.encoder_weights: null``: for a model whose weights come from a checkpoint."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.model.encoder_weights = None
+    return cfg
 
 
 def seed_everything(seed: int) -> None:
@@ -125,13 +134,20 @@ def fit(
     device = select_device(cfg.train.device)
     amp_dtype = autocast_dtype(cfg.train.amp, device)
 
+    state = load_checkpoint(resume, map_location=device) if resume is not None else None
+    if split is None and state is not None and state.get("split"):
+        # A resumed run continues on the images it started with, whatever the config's
+        # split settings or the data folder say now.
+        split = pd.Series(state["split"], name="split").rename_axis("image_id")
     if data is None:
         data = prepare_data(cfg, run_dir=run_dir, split=split, train_on=train_on,
                             evaluate_on=() if evaluate_on is None else (evaluate_on,), device=device, log=log)
     train_loader = data.loaders["train"]
     eval_loader = None if evaluate_on is None else data.loaders[evaluate_on]
 
-    model = build_model(cfg).to(device)
+    # A resumed run loads its weights from the checkpoint: fetching pretrained ones first
+    # would only need a network that compute nodes often lack.
+    model = build_model(without_pretrained_weights(cfg) if resume is not None else cfg).to(device)
     parameters_m = count_parameters(model) / 1e6
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -146,13 +162,14 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     start_epoch, best_score, best_epoch, best_metrics, history = 0, -math.inf, -1, {}, []
-    if resume is not None:
-        state = load_checkpoint(resume, map_location=device)
+    if state is not None:
         model.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        if scaler.is_enabled() and state["scaler"]:
+            # A run resumed under another AMP mode (fp16 <-> bf16/off) starts a fresh scale.
+            scaler.load_state_dict(state["scaler"])
         start_epoch = state["epoch"]
         best_score, best_epoch = state["best_score"], state["best_epoch"]
         best_metrics, history = state["best_metrics"], state["history"]
@@ -209,7 +226,9 @@ def fit(
         }
         pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
         checkpoints = run_dir / "checkpoints"
-        latest = save_checkpoint(payload, checkpoints / "latest.pt")
+        latest = None
+        if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
+            latest = save_checkpoint(payload, checkpoints / "latest.pt")
         if best_epoch == epoch + 1:
             # The best checkpoint is for inference: no optimiser state, a third of the size.
             save_checkpoint({k: v for k, v in payload.items() if k not in ("optimizer", "scaler")},
@@ -315,9 +334,3 @@ def move_batch(batch: dict, device, channels_last: bool = False) -> dict:
         moved["image"] = moved["image"].contiguous(memory_format=torch.channels_last)
     return moved
 
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1

@@ -1,11 +1,15 @@
+import logging
 import multiprocessing
 import os
 import pickle
+import re
+import threading
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from filelock import FileLock
 from PIL import Image
 
 from derm.data import cache as cache_module
@@ -165,3 +169,72 @@ def test_build_leaves_no_temporary_folder_when_decoding_crashes(table, tmp_path,
     with pytest.raises(RuntimeError):
         build_cache(table, SIZE, tmp_path / "cache", MASKS)
     assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".lock"]
+
+
+def test_a_build_removes_folders_left_by_killed_builds_and_keeps_live_ones(table, tmp_path, caplog):
+    cache_dir = tmp_path / "cache"
+    key = cache_key(table, SIZE, MASKS)
+    other_key, live_key = "0" * 24, "1" * 24  # two other caches' builds: one killed, one running
+    stale = [cache_dir / f"{key}.building-99999", cache_dir / f"{other_key}.building-12345"]
+    live = cache_dir / f"{live_key}.building-4242"
+    for folder in (*stale, live):
+        folder.mkdir(parents=True)
+        (folder / "images.npy").write_bytes(b"\0" * 1000)
+    live_builder = FileLock(str(cache_dir / live_key) + ".lock")  # a separate lock object conflicts like a process
+
+    with live_builder, caplog.at_level(logging.INFO, logger="derm.data.cache"):
+        arrays = build_cache(table, SIZE, cache_dir, MASKS)
+        assert live.is_dir()  # its lock is held: someone is still writing it
+
+    assert not any(folder.exists() for folder in stale)
+    assert arrays.built and len(arrays) == 5 and arrays.images.shape == (5, SIZE, SIZE, 3)
+    assert build_cache(table, SIZE, cache_dir, MASKS).directory == arrays.directory
+    removed = [r.getMessage() for r in caplog.records if "removed" in r.getMessage()]
+    assert removed == [f"decode cache: removed {folder}, left behind by a build that did not finish"
+                       for folder in sorted(stale)]
+
+
+def test_waiting_for_another_build_is_logged_with_how_long_it_took(table, tmp_path):
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    final = cache_dir / cache_key(table, SIZE, MASKS)
+    held, release = threading.Event(), threading.Event()
+
+    def other_process():
+        with FileLock(str(final) + ".lock"):  # its own lock object: conflicts like another process
+            held.set()
+            release.wait(timeout=30)
+
+    holder = threading.Thread(target=other_process)
+    holder.start()
+    held.wait(timeout=30)
+    threading.Timer(1.5, release.set).start()
+    messages = []
+    try:
+        arrays = build_cache(table, SIZE, cache_dir, MASKS, log=messages.append)
+    finally:
+        release.set()
+        holder.join()
+
+    assert arrays.built and len(arrays) == 5  # the holder built nothing, so this call did
+    assert len(messages) == 4, messages
+    waiting = re.fullmatch(rf"decode cache: waiting for another process building {re.escape(str(final))} "
+                           r"\(started waiting at (\d\d):(\d\d):(\d\d)\)", messages[0])
+    assert waiting, messages[0]
+    waited = re.fullmatch(r"decode cache: waited (\d+) s for another process's build", messages[1])
+    assert waited and 1 <= int(waited[1]) <= 5, messages[1]
+    assert messages[2] == f"decode cache: decoding 5 images at {SIZE}x{SIZE} into {final}"
+    assert re.fullmatch(r"decode cache: built 5 images in \d+\.\d s, 0 left out", messages[3]), messages[3]
+
+
+def test_the_building_process_logs_start_and_end_and_what_it_left_out(table, tmp_path):
+    broken = Path(table.loc[1, "image_path"])
+    broken.write_bytes(broken.read_bytes()[:400])
+    messages = []
+    arrays = build_cache(table, SIZE, tmp_path / "cache", MASKS, log=messages.append)
+    assert messages[0] == f"decode cache: decoding 5 images at {SIZE}x{SIZE} into {arrays.directory}"
+    assert re.fullmatch(r"decode cache: built 4 images in \d+\.\d s, 1 left out", messages[1])
+    assert len(messages) == 2
+    messages.clear()
+    build_cache(table, SIZE, tmp_path / "cache", MASKS, log=messages.append)
+    assert messages == []  # found in the cache: nothing to say

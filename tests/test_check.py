@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from derm.data.check import check_table, drop_bad_rows, inspect_sample, main
+from derm.data.check import check_table, decode_image, drop_bad_rows, inspect_sample, main
 from derm.data.formats import load_table
 from derm.data.problems import Problem
 from derm.errors import DataError
@@ -65,7 +65,7 @@ def test_cli_names_each_broken_file_and_exits_1(ham_folder, capsys):
     assert "cannot decode image: image file is truncated" in line_naming(truncated)
     assert "missing mask" in line_naming(images / "ISIC_0026468.jpg")
     assert "lesion mask is 300x225 but its image is 600x450" in line_naming(wrong_size)
-    assert "unknown diagnosis 'melanoma'" in line_naming(metadata)
+    assert " (ISIC_0030119): unknown diagnosis 'melanoma'" in line_naming(metadata)
     # The two palette-PNG masks (ISIC_0024354, ISIC_0024412) and the others are fine.
     assert not any("ISIC_0024354" in line or "ISIC_0024412" in line or "ISIC_0026789" in line for line in lines)
     assert "4 errors, 0 warnings" in out
@@ -184,3 +184,44 @@ def test_task3_images_without_masks_are_not_problems(tmp_path):
         table = load_table(root, layout="isic2018-task1-3")
     assert table["lesion_mask_path"].isna().sum() == 1
     assert check_table(table) == []
+
+
+# 0..65535 in 1200 steps: every 16-bit pixel above 255 used to come out white.
+GRADIENT_16 = np.linspace(0, 65535, 30 * 40).round().astype(np.uint16).reshape(30, 40)
+
+
+def save_16_bit(path: Path, mode: str) -> Path:
+    """GRADIENT_16 as a grayscale PNG (I;16) or TIFF (big-endian I;16B, 32-bit I)."""
+    if mode == "I;16B":
+        Image.frombytes("I;16B", (40, 30), GRADIENT_16.astype(">u2").tobytes()).save(path)
+    else:
+        Image.fromarray(GRADIENT_16 if mode == "I;16" else GRADIENT_16.astype(np.int32)).save(path)
+    assert Image.open(path).mode == mode
+    return path
+
+
+@pytest.mark.parametrize("name, mode", [("g.png", "I;16"), ("g.tif", "I;16B"), ("g.tif", "I")])
+def test_16_bit_grayscale_is_rescaled_to_8_bits_not_saturated(tmp_path, name, mode):
+    path = save_16_bit(tmp_path / name, mode)
+    expected = np.floor(GRADIENT_16 / 257 + 0.5).astype(int)  # 65535 -> 255, 128 -> 0, 129 -> 1
+
+    image, original_size = decode_image(str(path), None)
+    assert image.dtype == np.uint8 and image.shape == (30, 40, 3) and original_size == (30, 40)
+    assert (image < 255).mean() > 0.99
+    for channel in range(3):
+        assert np.abs(image[..., channel].astype(int) - expected).max() <= 1
+
+    resized, original_size = decode_image(str(path), 16)
+    assert resized.shape == (16, 16, 3) and original_size == (30, 40)
+    reference = np.asarray(Image.fromarray(expected.astype(np.uint8)).resize((16, 16), Image.Resampling.BILINEAR))
+    assert np.abs(resized[..., 0].astype(int) - reference).max() <= 1
+    assert resized[0, 0, 0] < 20 and resized[-1, -1, 0] > 235  # the gradient survives resizing
+
+
+def test_32_bit_image_beyond_16_bits_is_a_decode_problem(tmp_path):
+    path = tmp_path / "ISIC_0000001.tif"
+    Image.fromarray(GRADIENT_16.astype(np.int32) * 4).save(path)
+    sample, problems = inspect_sample({"image_id": "ISIC_0000001", "image_path": str(path)}, [], size=16)
+    assert sample is None
+    assert problems == [Problem("ISIC_0000001", str(path), "cannot decode image: pixel values 0..262140 do not fit "
+                                "16 bits (PIL mode I); save the image with 8 or 16 bits per channel")]

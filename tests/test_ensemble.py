@@ -23,7 +23,7 @@ def sweep_models(finished_sweep):
     assert len(latest_per_trial) == 2
     models, configs = zip(*(load_model(path, CPU) for path in latest_per_trial.values()))
     split = read_split(finished_sweep / "split.csv")
-    loader = load_test_split(configs[0], split, CPU, log=lambda message: None)
+    loader, _ = load_test_split(configs[0], split, CPU, log=lambda message: None)
     return list(models), configs[0], loader
 
 
@@ -79,7 +79,17 @@ def test_top_two_ensemble_compares_the_ensemble_with_each_member(finished_sweep,
     assert [m["epochs"] for m in summary["members"]] == [m["sweep_best_epoch"] for m in summary["members"]]
     assert 0.0 <= summary["ensemble"]["metrics"]["balanced_accuracy"] <= 1.0
     assert set(summary["ensemble"]["ci95"]) >= {"score", "dice", "balanced_accuracy"}
+    # The interval is the ensemble's own, resampled within the true classes.
+    assert summary["bootstrap"]["method"] == "stratified by true class"
+    assert summary["bootstrap"]["of"] == "the ensemble of 2 models (mean probabilities)"
+    # Not ece: binned calibration error rises on resamples (repeated images), so with 20
+    # resamples its percentile interval may start just above the estimate.
+    for name in ("score", "balanced_accuracy", "accuracy", "f1_macro", "auroc", "dice", "dice_per_image"):
+        low, high = summary["ensemble"]["ci95"][name]
+        assert low - 1e-12 <= summary["ensemble"]["metrics"][name] <= high + 1e-12, name
     table = (out / "ensemble.md").read_text()
+    assert ("stratified percentile bootstrap over test images by true class (20 resamples, seed 0), "
+            "of the ensemble of 2 models (mean probabilities).") in table
     assert "| ensemble (mean probabilities) |" in table
     assert "rank1-seed0" in table and "rank2-seed0" in table
     for name in ("classification_report.txt", "confusion_matrix.png", "roc_curves.png", "calibration.png"):

@@ -7,11 +7,14 @@ import pytest
 from derm.ensemble import Sample, SplitPredictions
 from derm.labels import ATTRIBUTES
 from derm.reports import (
+    bootstrap_line,
     classification_report_text,
+    format_summary,
     markdown_table,
     plot_calibration,
     row_normalised,
     safe_file_stem,
+    write_ensemble_table,
     write_report,
 )
 
@@ -86,3 +89,58 @@ def test_markdown_table_by_hand():
 @pytest.mark.parametrize("image_id", ["..", "."])
 def test_dot_names_do_not_escape(image_id):
     assert "/" not in safe_file_stem(image_id) and safe_file_stem(image_id) not in ("", ".", "..")
+
+
+def retrain_summary(task: str, mode: str = "single", resamples: int = 1000) -> dict:
+    """A retrain-best summary (metrics.json) for two models, score and dice only."""
+    members = [{"label": f"rank{r}-seed{s}", "model": "unet-resnet18", "epochs": 3,
+                "test_metrics": {"score": 0.60 + 0.02 * i, "dice": 0.70 + 0.02 * i}}
+               for i, (r, s) in enumerate([(1, 0), (1, 1)] if mode == "single" else [(1, 0), (2, 0)])]
+    ci = {"score": [0.55, 0.66], "dice": [0.65, 0.76]} if resamples else {}
+    method = "stratified by true class" if task in ("multitask", "classification") else "images"
+    summary = {"task": task, "mode": mode, "test_images": 60, "members": members,
+               "bootstrap": {"resamples": resamples, "seed": 0, "confidence": 0.95, "interval": "percentile",
+                             "method": method, "of": "the mean over 2 seeds' models" if mode == "single"
+                             else "the ensemble of 2 models (mean probabilities)"}}
+    if mode == "single":
+        summary.update({"mean": {"score": 0.61, "dice": 0.71}, "std": {"score": 0.0141, "dice": 0.0141}, "ci95": ci})
+    else:
+        summary["ensemble"] = {"metrics": {"score": 0.62, "dice": 0.72}, "ci95": ci}
+    return summary
+
+
+def test_format_summary_says_what_the_interval_is_of_and_how_it_was_drawn():
+    lines = format_summary(retrain_summary("multitask")).splitlines()
+    assert "mean over 2 seeds ± std over seeds, 95% interval of the same:" in lines
+    assert "  dice 0.7100 ± 0.0141, 95% CI [0.6500, 0.7600]" in lines
+    assert lines[-1] == ("95% intervals: stratified percentile bootstrap over test images by true class "
+                         "(1000 resamples, seed 0), of the mean over 2 seeds' models")
+    segmentation = format_summary(retrain_summary("segmentation")).splitlines()
+    assert segmentation[-1] == ("95% intervals: percentile bootstrap over test images (1000 resamples, seed 0), "
+                                "of the mean over 2 seeds' models")
+
+
+def test_format_summary_of_an_ensemble_gives_the_ensembles_interval():
+    lines = format_summary(retrain_summary("multitask", mode="ensemble")).splitlines()
+    assert "ensemble (mean probabilities), 95% interval of the same:" in lines
+    assert "  dice 0.7200, 95% CI [0.6500, 0.7600]" in lines
+    assert lines[-1].endswith("by true class (1000 resamples, seed 0), "
+                              "of the ensemble of 2 models (mean probabilities)")
+
+
+def test_without_resamples_no_interval_and_no_method_line_is_printed():
+    text = format_summary(retrain_summary("multitask", resamples=0))
+    assert "95%" not in text and "mean over 2 seeds ± std over seeds:" in text
+
+
+def test_a_summary_written_before_the_method_was_recorded_reads_as_the_image_bootstrap():
+    summary = retrain_summary("multitask")
+    summary["bootstrap"] = {"resamples": 200, "seed": 3, "confidence": 0.95, "interval": "percentile"}
+    assert bootstrap_line(summary) == "95% intervals: percentile bootstrap over test images (200 resamples, seed 3)"
+
+
+def test_ensemble_table_states_the_bootstrap_under_the_intervals(tmp_path):
+    text = write_ensemble_table(retrain_summary("multitask", mode="ensemble"), tmp_path / "ensemble.md").read_text()
+    assert "The ensemble's 95% intervals: score [0.5500, 0.6600], dice [0.6500, 0.7600]." in text
+    assert text.rstrip().endswith("stratified percentile bootstrap over test images by true class (1000 resamples, "
+                                  "seed 0), of the ensemble of 2 models (mean probabilities).")

@@ -1,6 +1,9 @@
 """retrain-best: honest test numbers from the sweep's best trial, and the bootstrap behind their intervals."""
 
+import contextlib
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +14,13 @@ import torch
 import derm.ensemble
 import derm.training
 from derm.checkpoint import load_checkpoint
+from derm.data.loaders import truth_masks
 from derm.data.splits import read_split
 from derm.inference import Predictor, load_model
 from derm.labels import CLASSES
 from derm.metrics.bootstrap import bootstrap_ci, percentile_interval, resample_indices
-from derm.retrain_best import load_test_split, main
+from derm.ensemble import SplitPredictions
+from derm.retrain_best import bootstrap_strata, load_test_split, main
 
 REPORT_FILES = ("model.pt", "config.yaml", "metrics.json", "classification_report.txt", "confusion_matrix.png",
                 "roc_curves.png", "calibration.png")
@@ -53,14 +58,16 @@ def retrained(finished_sweep, tmp_path_factory):
         evaluated.append(members)
         return members, ensemble
 
-    with pytest.MonkeyPatch.context() as patch:
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setattr(derm.training, "train_one_epoch", recording_epoch)
         patch.setattr(derm.training, "evaluate", lambda *a, **k: evaluate_calls.append(a) or {})
         patch.setattr(derm.ensemble, "predict_split", recording_predict)
         code = main([str(finished_sweep), "--seeds", "2", "--bootstrap", "50", "--out", str(out)])
     assert code == 0
     return {"out": out, "trained_on": trained_on, "evaluated": evaluated, "evaluate_calls": evaluate_calls,
-            "split": read_split(finished_sweep / "split.csv"), "sweep": finished_sweep}
+            "split": read_split(finished_sweep / "split.csv"), "sweep": finished_sweep,
+            "printed": printed.getvalue()}
 
 
 def test_retrain_writes_the_model_the_reports_and_both_seeds(retrained):
@@ -86,6 +93,35 @@ def test_retrain_writes_the_model_the_reports_and_both_seeds(retrained):
         assert 0.0 <= low <= high <= 1.0
 
 
+def test_every_printed_interval_holds_the_mean_over_seeds_beside_it_and_says_how_it_was_drawn(retrained):
+    printed = retrained["printed"]
+    assert "mean over 2 seeds ± std over seeds, 95% interval of the same:" in printed
+    assert ("95% intervals: stratified percentile bootstrap over test images by true class "
+            "(50 resamples, seed 0), of the mean over 2 seeds' models") in printed
+    rows = re.findall(r"^  (\w+) (\d\.\d{4}) ± \d\.\d{4}, 95% CI \[(\d\.\d{4}), (\d\.\d{4})\]$", printed, re.M)
+    assert {name for name, *_ in rows} >= {"score", "balanced_accuracy", "f1_macro", "dice"}
+    for name, value, low, high in rows:
+        assert float(low) <= float(value) <= float(high), f"{name} {value} outside [{low}, {high}]"
+
+    summary = json.loads((retrained["out"] / "metrics.json").read_text())
+    assert summary["bootstrap"] == {"resamples": 50, "seed": 0, "confidence": 0.95, "interval": "percentile",
+                                    "method": "stratified by true class", "of": "the mean over 2 seeds' models"}
+    for name, (low, high) in summary["ci95"].items():
+        assert low - 1e-12 <= summary["mean"][name] <= high + 1e-12, name
+
+
+def test_the_bootstrap_resamples_within_true_classes_only_where_the_task_has_a_diagnosis_head():
+    labels = np.array([1, 1, 5, -1])
+    probabilities = np.full((4, len(CLASSES)), 1 / len(CLASSES))
+    for task in ("multitask", "classification"):
+        classified = SplitPredictions(task, list("abcd"), class_probabilities=probabilities, labels=labels)
+        np.testing.assert_array_equal(bootstrap_strata([classified]), labels)
+    assert bootstrap_strata([SplitPredictions("segmentation", list("abcd"),
+                                              lesion_counts=np.ones((4, 4), int))]) is None
+    assert bootstrap_strata([SplitPredictions("attributes", list("abcd"),
+                                              attribute_counts=np.ones((4, 5, 4)))]) is None
+
+
 def test_no_test_image_is_trained_on_or_used_to_select_and_all_are_evaluated(retrained):
     split = retrained["split"]
     test_ids = set(split[split == "test"].index)
@@ -105,11 +141,15 @@ def test_model_pt_loads_safely_and_reproduces_the_first_seeds_metrics(retrained)
     state = load_checkpoint(out / "model.pt")
     assert state["epoch"] == json.loads((out / "metrics.json").read_text())["epochs"]
     model, cfg = load_model(out / "model.pt", torch.device("cpu"))
-    loader = load_test_split(cfg, retrained["split"], torch.device("cpu"), log=lambda message: None)
-    (predictions,), _ = derm.ensemble.predict_split([model], loader, torch.device("cpu"), cfg.task)
+    loader, rows = load_test_split(cfg, retrained["split"], torch.device("cpu"), log=lambda message: None)
+    (predictions,), _ = derm.ensemble.predict_split([model], loader, torch.device("cpu"), cfg.task,
+                                                    truth_masks=truth_masks(rows, cfg.task))
     first_seed = json.loads((out / "metrics.json").read_text())["seeds"][0]["metrics"]
     for name, value in predictions.metrics().items():
         assert value == pytest.approx(first_seed[name], abs=1e-6), name
+    # Lesion masks were scored at the images' own 64x64 pixels, not the 32 px the model sees.
+    assert cfg.data.image_size == 32
+    assert (predictions.lesion_counts.sum(axis=1) == 64 * 64).all()
     image = next(Path(cfg.data.root).rglob("*.jpg"))
     prediction = Predictor.from_checkpoint(out / "model.pt", device="cpu").predict(image)
     assert prediction.label in CLASSES and prediction.lesion_mask is not None

@@ -2,6 +2,7 @@
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -51,9 +52,13 @@ def read_dashboard(url: str) -> dict:
 
 def test_sweep_with_a_failing_trial_marks_it_failed_and_completes_the_others(ham_demo, tmp_path):
     space = write_space(tmp_path, ham_demo)
+    taken = socket.socket()  # the dashboard port asked for is in use: the sweep takes another
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
     process = subprocess.Popen(
         [sys.executable, "-m", "derm.sweep", str(space), "--out", str(tmp_path / "sweeps"),
-         "--dashboard-port", "8377"],
+         "--dashboard-port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output, dashboard = [], None
     for line in process.stdout:
@@ -68,8 +73,12 @@ def test_sweep_with_a_failing_trial_marks_it_failed_and_completes_the_others(ham
                 except (urllib.error.URLError, ConnectionError):
                     time.sleep(1)
     assert process.wait(timeout=900) == 0, "".join(output)
+    taken.close()
     text = "".join(output)
     assert dashboard is not None and "ray_version" in dashboard, text
+    assert f"dashboard port {port} is taken; using " in text
+    # One trial failed, the others completed: a warning naming it, not a failed sweep.
+    assert "warning: 1 of 3 trials failed: 1x " in text and "not_a_timm_model" in text
     assert "mlflow ui --backend-store-uri" in text
 
     (sweep_dir,) = (tmp_path / "sweeps" / "tiny").iterdir()
@@ -145,3 +154,63 @@ def test_storage_uri_holds_the_trials_and_the_sweep_folder_the_leaderboard(ham_d
     assert list(experiment.glob("experiment_state-*.json"))
     assert list(experiment.glob("trial_*/checkpoint_*/latest.pt"))
     assert not list(sweep_dir.glob("trial_*"))
+
+
+def test_a_trial_trains_on_the_gpu_ray_assigned_it_and_on_the_cpu_without_one():
+    from derm.sweep import trial_device
+
+    assert trial_device("auto", []) == "cpu"       # Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone then
+    assert trial_device("cuda", []) == "cpu"
+    assert trial_device("auto", ["0"]) == "cuda"   # Ray set CUDA_VISIBLE_DEVICES to the assigned card
+    assert trial_device("cpu", ["1"]) == "cpu"
+
+
+def test_the_start_up_message_says_how_many_gpus_the_settings_use_and_how_to_use_all():
+    from derm.search_space import Resources
+    from derm.sweep import Cluster, gpu_usage
+
+    four = Cluster(cpus=64, gpus=4, nodes=1, largest_node_cpus=64, local=True)
+    line = gpu_usage(four, Resources(cpu=4, gpu=0.25), max_concurrent=4, num_samples=40)
+    assert "runs at most 4 trials at once, on 1 of the 4 GPUs" in line
+    assert "set sweep.max_concurrent=16" in line
+    line = gpu_usage(four, Resources(cpu=4, gpu=0.25), max_concurrent=None, num_samples=40)
+    assert "16 trials at once, on 4 of the 4 GPUs" in line and "set " not in line
+    few_cpus = Cluster(cpus=16, gpus=4, nodes=1, largest_node_cpus=16, local=True)
+    line = gpu_usage(few_cpus, Resources(cpu=8, gpu=0.5), max_concurrent=None, num_samples=40)
+    assert "on 1 of the 4 GPUs" in line and "set sweep.resources.cpu=2" in line
+    assert "train on CPU" in gpu_usage(four, Resources(cpu=4, gpu=0), None, 40)
+    assert gpu_usage(Cluster(2, 0, 1, 2, True), Resources(cpu=1, gpu=0), None, 10) is None
+
+
+def test_cpu_trials_never_ask_for_more_cpus_than_the_local_machine_has():
+    from derm.search_space import Resources, SweepSettings
+    from derm.sweep import Cluster, fit_resources
+
+    settings = SweepSettings(resources=Resources(cpu=4, gpu=0.25), num_samples=4)
+    resources, notes = fit_resources(settings, Cluster(cpus=2, gpus=0, nodes=1, largest_node_cpus=2, local=True))
+    assert (resources.cpu, resources.gpu) == (2, 0)
+    assert any("running trials on CPU instead" in note for note in notes)
+    assert any("this machine has 2 CPUs; each trial reserves 2" in note for note in notes)
+    assert settings.resources.cpu == 4  # the space's own settings are left as they were
+
+
+def test_a_multi_node_cluster_needs_an_mlflow_server_not_a_local_sqlite_file():
+    from derm.errors import DermError
+    from derm.sweep import Cluster, check_tracking_reachable
+
+    two_nodes = Cluster(cpus=8, gpus=0, nodes=2, largest_node_cpus=4, local=False)
+    with pytest.raises(DermError, match="--mlflow-uri http://"):
+        check_tracking_reachable("sqlite:////tmp/sweeps/mlflow.db", two_nodes)
+    check_tracking_reachable("http://mlflow.lab:5000", two_nodes)
+    check_tracking_reachable("sqlite:////tmp/sweeps/mlflow.db", Cluster(8, 0, 1, 8, False))
+
+
+def test_a_typo_in_sweep_metric_fails_at_load_before_ray_starts(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "task": "segmentation", "sweep": {"metric": "dcie"}}))
+    done = subprocess.run([sys.executable, "-m", "derm.sweep", str(path)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: {path}: sweep.metric: task segmentation reports no metric 'dcie'")
+    assert "did you mean dice" in line and "ray" not in done.stdout.lower()

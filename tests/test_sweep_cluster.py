@@ -1,6 +1,7 @@
-"""`--address` joins an existing Ray cluster: a head started here runs the sweep's trials."""
+"""Which Ray a sweep runs on: `--address` joins a cluster; without one, a new local Ray of its own."""
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -79,3 +80,77 @@ def test_sweep_runs_on_an_existing_cluster(ham_demo, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def start_head(num_cpus: int) -> tuple[subprocess.Popen, str]:
+    """`ray start --head` as a user (or another project) runs it: default temp dir, so it is
+    recorded in /tmp/ray/ray_current_cluster, where a plain ray.init() would find it."""
+    port = free_port()
+    head = subprocess.Popen([RAY, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--num-cpus", str(num_cpus), "--dashboard-host", "127.0.0.1",
+                             "--dashboard-port", str(free_port()), "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    wait_for_head(address, head)
+    return head, address
+
+
+def stop(head: subprocess.Popen) -> None:
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def tiny_space(tmp_path, data_root, name: str) -> Path:
+    space = {
+        "name": name, "task": "segmentation",
+        "data": {"root": str(data_root), "image_size": 32, "augment": "none"},
+        "model": {"encoder": "resnet18", "encoder_weights": None},
+        "train": {"epochs": 1, "batch_size": 16},
+        "sweep": {"search": "random", "scheduler": "fifo", "num_samples": 1, "resources": {"cpu": 1, "gpu": 0}},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def test_without_an_address_the_sweep_starts_its_own_ray_beside_a_running_cluster(ham_demo, tmp_path):
+    head, address = start_head(num_cpus=1)
+    try:
+        environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        done = subprocess.run([sys.executable, "-m", "derm.sweep", str(tiny_space(tmp_path, ham_demo, "own")),
+                               "--out", str(tmp_path / "sweeps"), "--dashboard-port", str(free_port())],
+                              capture_output=True, text=True, timeout=600, env=environment)
+        assert done.returncode == 0, done.stdout + done.stderr
+        # The sweep's Ray has this machine's CPUs, not the head's one.
+        cpus = len(os.sched_getaffinity(0))
+        assert f"Ray: a new local Ray, 1 node(s), {cpus:g} CPUs" in done.stdout, done.stdout
+        assert "Connecting to existing Ray cluster" not in done.stdout + done.stderr
+        jobs = subprocess.run([RAY, "list", "jobs", "--address", address, "--format", "json"],
+                              capture_output=True, text=True, timeout=120, env={**os.environ, **TOKEN_AUTH})
+        assert jobs.returncode == 0, jobs.stderr
+        assert "derm.sweep" not in jobs.stdout  # the head ran nothing of it
+    finally:
+        stop(head)
+
+
+def test_two_sweeps_started_together_each_get_their_own_ray_and_dashboard(ham_demo, tmp_path):
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    sweeps = [subprocess.Popen([sys.executable, "-m", "derm.sweep", str(tiny_space(tmp_path, ham_demo, name)),
+                                "--out", str(tmp_path / "sweeps")],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+              for name in ("first", "second")]
+    outputs = [process.communicate(timeout=900)[0] for process in sweeps]
+    for process, output in zip(sweeps, outputs):
+        assert process.returncode == 0, output
+    urls = [re.search(r"Ray dashboard: (http://127\.0\.0\.1:(\d+))", output) for output in outputs]
+    assert all(urls), outputs
+    assert urls[0].group(1) != urls[1].group(1)
+    for url, output in zip(urls, outputs):
+        if url.group(2) != "8265":
+            assert "8265 was taken, so Ray chose this port" in output, output
+    for name in ("first", "second"):
+        (sweep_dir,) = (tmp_path / "sweeps" / name).iterdir()
+        assert list(pd.read_csv(sweep_dir / "leaderboard.csv")["status"]) == ["completed"]

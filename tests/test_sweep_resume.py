@@ -49,3 +49,18 @@ def test_killed_sweep_resumes_without_rerunning_or_losing_trials(ham_demo, tmp_p
     for trial_dir in sweep_dir.glob("trial_*"):
         epochs = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
         assert epochs == [1, 2, 3], (trial_dir.name, epochs)
+
+    # One trial, one MLflow child run, across the kill and the resume: the interrupted trial's
+    # epochs are all in its one run, which ends FINISHED.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{sweep_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("derm-sweep-resumable").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.tags["derm.trial_id"] for r in children) == sorted(board["trial_id"])
+    for child in children:
+        # An epoch re-run after the resume (the last checkpoint Ray recorded may be one back)
+        # is logged again at the same step, in the same run.
+        steps = sorted({m.step for m in client.get_metric_history(child.info.run_id, "score")})
+        assert steps == [1, 2, 3], (child.info.run_name, steps)
+        assert child.info.status == "FINISHED"

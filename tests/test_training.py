@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+import derm.training
 from derm.checkpoint import load_checkpoint
 from derm.config import config_from_dict
 from derm.data.formats import load_table
@@ -148,3 +149,64 @@ def test_killed_run_resumes_to_the_same_metrics(ham_demo, tmp_path):
     for whole, again in zip(uninterrupted, resumed):
         for name in ("train_loss", "val_loss", "score", "dice", "balanced_accuracy"):
             assert again[name] == pytest.approx(whole[name], rel=1e-5, abs=1e-6), (name, whole["epoch"])
+
+
+def test_a_resumed_run_keeps_the_split_of_its_checkpoint(ham_demo, tmp_path):
+    # `derm.train --resume` after a change of split settings continues on the images it
+    # started with: the checkpoint's split, not one made anew from the config.
+    cfg = make_config(ham_demo, "segmentation", tmp_path, train={"epochs": 1, "batch_size": 8, "seed": 0})
+    first = fit(cfg, tmp_path / "run")
+    started = pd.read_csv(tmp_path / "run" / "split.csv")
+    changed = make_config(ham_demo, "segmentation", tmp_path, train={"epochs": 2, "batch_size": 8, "seed": 0},
+                          data={"root": str(ham_demo), "image_size": 64, "augment": "none", "num_workers": 0,
+                                "split_seed": 7})
+    fit(changed, tmp_path / "run", resume=first.latest_checkpoint)
+    resumed = pd.read_csv(tmp_path / "run" / "split.csv")
+    assert resumed.equals(started)
+    fresh = fit(changed, tmp_path / "fresh")  # the changed settings do make another split
+    assert not pd.read_csv(fresh.run_dir / "split.csv").equals(started)
+
+
+def test_checkpoint_every_writes_the_latest_checkpoint_every_k_epochs_and_at_the_end(ham_demo, tmp_path):
+    cfg = make_config(ham_demo, "segmentation", tmp_path,
+                      train={"epochs": 3, "batch_size": 8, "seed": 0, "checkpoint_every": 2})
+    written = []
+
+    def reporter(metrics, latest):
+        written.append(None if latest is None else load_checkpoint(latest)["epoch"])
+
+    result = fit(cfg, tmp_path / "run", reporter=reporter)
+    assert written == [None, 2, 3]
+    assert load_checkpoint(result.latest_checkpoint)["epoch"] == 3
+
+
+def test_resuming_under_another_amp_mode_starts_a_fresh_gradient_scale(ham_demo, tmp_path, monkeypatch):
+    # A run without fp16 saves an empty scaler state; resumed under fp16 (its GradScaler on),
+    # loading that state used to raise "The source state dict is empty".
+    small = {"root": str(ham_demo), "image_size": 32, "augment": "none", "num_workers": 0}
+    cfg = make_config(ham_demo, "segmentation", tmp_path, data=small, train={"epochs": 1, "batch_size": 8})
+    first = fit(cfg, tmp_path / "run")
+    assert load_checkpoint(first.latest_checkpoint)["scaler"] == {}
+    monkeypatch.setattr(derm.training, "autocast_dtype", lambda amp, device: torch.float16)
+    resumed = fit(make_config(ham_demo, "segmentation", tmp_path, data=small, train={"epochs": 2, "batch_size": 8}),
+                  tmp_path / "run", resume=first.latest_checkpoint)
+    assert resumed.last_metrics["epoch"] == 2
+    assert load_checkpoint(resumed.latest_checkpoint)["scaler"]["scale"] > 0  # fp16 from here on
+
+
+def test_auto_amp_uses_bf16_only_where_the_gpu_has_it_natively(monkeypatch):
+    from derm.training import autocast_dtype
+
+    cuda = torch.device("cuda")
+    emulated = {"including_emulation": None}
+
+    def is_bf16_supported(including_emulation=True):
+        emulated["including_emulation"] = including_emulation
+        return including_emulation  # a V100 or T4: bf16 only by emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert autocast_dtype("auto", cuda) == torch.float16
+    assert emulated["including_emulation"] is False
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100
+    assert autocast_dtype("auto", cuda) == torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cpu")) is None

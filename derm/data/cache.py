@@ -14,7 +14,8 @@ The key hashes the layout, the size, the mask columns, a format version and ever
 source file's path, size and modification time, so a changed file or setting gets a
 new cache. Trials on one machine build it once under a file lock, into a temporary
 folder renamed into place when complete, and then share the same page-cache pages
-through `np.load(mmap_mode="r")`.
+through `np.load(mmap_mode="r")`. A build killed half-way leaves its temporary
+folder (`<key>.building-<pid>`) behind; the next build in that cache folder removes it.
 
     >>> arrays = build_cache(table, 256, mask_columns=["lesion_mask_path"])  # doctest: +SKIP
     >>> arrays.images[arrays.row_of["ISIC_0024306"]].shape
@@ -29,13 +30,14 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from numpy.lib.format import open_memmap
 
 from derm.data.check import available_cpus, inspect_samples
@@ -128,7 +130,7 @@ def _file_signature(path) -> list:
     return [str(path), stat.st_size, stat.st_mtime_ns]
 
 
-def cache_key(table: pd.DataFrame, size: int, mask_columns: Sequence[str]) -> str:
+def cache_key(table: pd.DataFrame, size: int, mask_columns: Sequence[str], optional_masks: bool = False) -> str:
     """Hash of everything the cached arrays depend on (see the module docstring)."""
     files = [
         _file_signature(row[column])
@@ -136,7 +138,7 @@ def cache_key(table: pd.DataFrame, size: int, mask_columns: Sequence[str]) -> st
         for column in ("image_path", *mask_columns)
     ]
     description = [CACHE_FORMAT_VERSION, table.attrs.get("layout"), size, list(mask_columns),
-                   list(table["image_id"]), files]
+                   list(table["image_id"]), files, optional_masks]
     return hashlib.sha256(json.dumps(description).encode()).hexdigest()[:24]
 
 
@@ -147,6 +149,8 @@ def build_cache(
     mask_columns: Sequence[str] = (),
     *,
     workers: int | None = None,
+    log: Callable[[str], None] | None = None,
+    optional_masks: bool = False,
 ) -> DecodedArrays:
     """Decode every row of `table` once at size x size and return the memory-mapped arrays.
 
@@ -154,40 +158,105 @@ def build_cache(
     process to take the lock decodes (in a thread pool of `workers`, default the
     available CPUs) while others wait for it and then open its result. Rows that
     fail `derm.data.check.inspect_sample` are left out and returned as `problems`.
+
+    `log` (default: this module's logger at INFO) receives one line when this call
+    starts waiting for another process's build and one when the wait ends, one when
+    it starts decoding and one when it is done, and one per stale temporary folder
+    it removes. With `optional_masks`, a row without a mask file gets an all-zero mask
+    instead of being left out (see `derm.data.check.inspect_sample`).
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     mask_columns = tuple(mask_columns)
-    final = cache_dir / cache_key(table, size, mask_columns)
+    log = log or logger.info
+    final = cache_dir / cache_key(table, size, mask_columns, optional_masks)
     if (final / INDEX_FILE).exists():
         return open_cache(final)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(final) + ".lock"):
+    with _build_lock(final, log):
         if (final / INDEX_FILE).exists():  # another process built it while we waited
             return open_cache(final)
-        shutil.rmtree(final, ignore_errors=True)  # a folder without its index is not a cache
-        temporary = cache_dir / f"{final.name}.building-{os.getpid()}"
-        shutil.rmtree(temporary, ignore_errors=True)
-        try:
-            _write_arrays(table, size, mask_columns, temporary, workers or available_cpus())
-            os.replace(temporary, final)  # atomic: readers see nothing or everything
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
+        _remove_stale_builds(cache_dir, final.name, log)
+        _build(table, size, mask_columns, final, workers or available_cpus(), log, optional_masks)
     return open_cache(final, built=True)
 
 
-def _write_arrays(table: pd.DataFrame, size: int, mask_columns: tuple[str, ...], folder: Path, workers: int):
+@contextmanager
+def _build_lock(final: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold `<key>.lock`, saying so through `log` when another process has it first."""
+    lock = FileLock(str(final) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        # A trial stuck here for minutes with a silent log looks hung; say why it waits.
+        log(f"decode cache: waiting for another process building {final} "
+            f"(started waiting at {time.strftime('%H:%M:%S')})")
+        started = time.monotonic()
+        lock.acquire()
+        log(f"decode cache: waited {time.monotonic() - started:.0f} s for another process's build")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _remove_stale_builds(cache_dir: Path, key: str, log: Callable[[str], None]) -> None:
+    """Delete `<key>.building-<pid>` folders that no live process is writing.
+
+    Call with `<key>.lock` held: its holder is the only builder of `key`, so every
+    building folder of `key` is left over from a killed build. Another key's folder
+    is stale when that key's lock is free (the OS drops a lock when its process dies).
+    """
+    for folder in sorted(cache_dir.glob("*.building-*")):
+        other_key = folder.name.partition(".building-")[0]
+        if other_key == key:
+            _remove_stale_build(folder, log)
+            continue
+        other_lock = FileLock(str(cache_dir / other_key) + ".lock")
+        try:
+            other_lock.acquire(timeout=0)
+        except Timeout:
+            continue  # its builder is still at work
+        try:
+            _remove_stale_build(folder, log)
+        finally:
+            other_lock.release()
+
+
+def _remove_stale_build(folder: Path, log: Callable[[str], None]) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    log(f"decode cache: removed {folder}, left behind by a build that did not finish")
+
+
+def _build(table: pd.DataFrame, size: int, mask_columns: tuple[str, ...], final: Path, workers: int,
+           log: Callable[[str], None], optional_masks: bool = False) -> None:
+    """Decode into a temporary folder and rename it to `final` (call with the lock held)."""
+    shutil.rmtree(final, ignore_errors=True)  # a folder without its index is not a cache
+    temporary = final.with_name(f"{final.name}.building-{os.getpid()}")
+    log(f"decode cache: decoding {len(table)} images at {size}x{size} into {final}")
+    started = time.monotonic()
+    try:
+        kept = _write_arrays(table, size, mask_columns, temporary, workers, optional_masks)
+        os.replace(temporary, final)  # atomic: readers see nothing or everything
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    log(f"decode cache: built {kept} images in {time.monotonic() - started:.1f} s, "
+        f"{len(table) - kept} left out")
+
+
+def _write_arrays(table: pd.DataFrame, size: int, mask_columns: tuple[str, ...], folder: Path,
+                  workers: int, optional_masks: bool = False) -> int:
+    """Write the arrays and index of the rows that decode into `folder`; return how many."""
     folder.mkdir(parents=True)
     records = table.to_dict("records")
     n = len(records)
-    started = time.monotonic()
-    logger.info("decoding %d images at %dx%d into %s", n, size, size, folder.parent)
     # Written straight into .npy memmaps, so a large dataset never sits in memory twice.
     images = open_memmap(folder / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
     masks = open_memmap(folder / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, len(mask_columns)))
     original_sizes = np.zeros((n, 2), dtype=np.int64)
     image_ids, problems = [], []
     jobs = ((record, mask_columns) for record in records)
-    for record, (sample, row_problems) in zip(records, inspect_samples(jobs, size=size, workers=workers)):
+    for record, (sample, row_problems) in zip(records, inspect_samples(jobs, size=size, workers=workers,
+                                                                              optional_masks=optional_masks)):
         problems.extend(row_problems)
         if sample is None:
             continue
@@ -209,8 +278,7 @@ def _write_arrays(table: pd.DataFrame, size: int, mask_columns: tuple[str, ...],
         "problems": [asdict(p) for p in problems],
     }
     (folder / INDEX_FILE).write_text(json.dumps(index))
-    logger.info("decoded %d images in %.1f s, %d left out", len(image_ids), time.monotonic() - started,
-                n - len(image_ids))
+    return len(image_ids)
 
 
 def _truncate_rows(path: Path, rows: int) -> None:

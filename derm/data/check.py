@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -45,6 +45,10 @@ MASK_COLUMNS = (LESION_MASK_COLUMN, *ATTRIBUTE_MASK_COLUMNS)
 # entropy decoder still reads every byte, so truncation and corrupt data are
 # caught, at a fraction of the cost of a full decode.
 CHECK_DECODE_SIZE = 64
+
+# PIL modes whose pixels may exceed 255: 16-bit grayscale (PNG, TIFF) and 32-bit
+# integer ("I", which older Pillow used for 16-bit PNGs).
+HIGH_BIT_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 # How many problems a DataError lists before summarising the rest as a count.
 LISTED_PROBLEMS = 20
@@ -83,7 +87,30 @@ def _column_label(column: str) -> str:
     return column.removeprefix("attribute_").removesuffix("_path") + " mask"
 
 
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB at 8 bits per channel, rescaling 16-bit grayscale rather than clipping it.
+
+    PIL's convert("RGB") clips integer modes at 255, so a 16-bit image (any pixel
+    above 255, i.e. nearly all of them) would come out white. 16-bit RGB PNGs
+    need nothing here: PIL opens them as 8-bit RGB (the high byte of each value).
+    """
+    if img.mode not in HIGH_BIT_DEPTH_MODES:
+        return img.convert("RGB")
+    values = np.asarray(img)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"pixel values {values.min()}..{values.max()} do not fit 16 bits (PIL mode {img.mode}); "
+                         f"save the image with 8 or 16 bits per channel")
+    # 65535 / 257 = 255 exactly; (v + 128) // 257 is v / 257 rounded half up.
+    gray = ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    return Image.fromarray(gray, "L").convert("RGB")
+
+
 def decode_image(path: str, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """uint8 (H, W, 3) RGB pixels of the image at `path` and its source (height, width).
+
+    With `size`, the image is decoded at reduced JPEG scale where possible and
+    resized to size x size (bilinear). 16-bit grayscale is rescaled to 8 bits.
+    """
     # Never apply EXIF orientation: masks are drawn on the stored pixel grid.
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone switched it on; it would hide truncated files
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False for derm's checks")
@@ -92,7 +119,7 @@ def decode_image(path: str, size: int | None) -> tuple[np.ndarray, tuple[int, in
         if size is not None:
             img.draft("RGB", (size, size))  # JPEG only: decode at the smallest scale >= size
         img.load()
-        rgb = img.convert("RGB")
+        rgb = _to_rgb(img)
     if size is not None and rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8), (height, width)
@@ -128,12 +155,15 @@ def _decode_mask(
 
 
 def inspect_sample(
-    row: Mapping, mask_columns: Sequence[str], *, size: int | None = None
+    row: Mapping, mask_columns: Sequence[str], *, size: int | None = None, optional_masks: bool = False
 ) -> tuple[DecodedSample | None, list[Problem]]:
     """Decode one table row's image and masks, checking each file.
 
     `row` is a mapping with the dataset table's columns (a DataFrame row or a
-    dict). Every column in `mask_columns` must name a mask file. The image must
+    dict). Every column in `mask_columns` must name a mask file, except with
+    `optional_masks`, where an empty one gives an all-zero channel (ISIC 2018
+    Task 3 images have no lesion mask; multitask training uses them for the
+    diagnosis alone, and the loss knows from the table which masks exist). The image must
     decode fully; each mask must exist, be the image's size and hold only 0/255.
     With `size`, the image is decoded at reduced JPEG scale and resized to
     size x size (bilinear) and the masks are resized with nearest neighbour.
@@ -155,7 +185,10 @@ def inspect_sample(
     for column in mask_columns:
         mask_path = row[column]
         if _is_missing(mask_path):
-            problems.append(Problem(image_id, image_path, f"no {_column_label(column)} ({column} is empty)"))
+            if optional_masks:
+                masks.append(np.zeros(image.shape[:2], np.uint8))
+            else:
+                problems.append(Problem(image_id, image_path, f"no {_column_label(column)} ({column} is empty)"))
             continue
         mask, problem = _decode_mask(image_id, mask_path, column, original_size, size)
         if problem is not None:
@@ -170,7 +203,8 @@ def inspect_sample(
 
 
 def inspect_samples(
-    jobs: Iterable[tuple[Mapping, Sequence[str]]], *, size: int | None = None, workers: int | None = None
+    jobs: Iterable[tuple[Mapping, Sequence[str]]], *, size: int | None = None, workers: int | None = None,
+    optional_masks: bool = False,
 ) -> Iterator[tuple[DecodedSample | None, list[Problem]]]:
     """`inspect_sample` over many (row, mask_columns) pairs in a thread pool, in order.
 
@@ -184,7 +218,8 @@ def inspect_samples(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # Submit in chunks so a large table never holds all decoded images at once.
         while chunk := list(islice(jobs, 64 * workers)):
-            yield from pool.map(lambda job: inspect_sample(job[0], job[1], size=size), chunk)
+            yield from pool.map(lambda job: inspect_sample(job[0], job[1], size=size,
+                                                           optional_masks=optional_masks), chunk)
 
 
 def check_table(table: pd.DataFrame, *, decode: bool = True, workers: int | None = None) -> list[Problem]:
@@ -205,28 +240,43 @@ def check_table(table: pd.DataFrame, *, decode: bool = True, workers: int | None
     return problems
 
 
-def drop_bad_rows(table: pd.DataFrame, problems: Iterable[Problem], max_bad_fraction: float) -> pd.DataFrame:
-    """Remove the rows that have an error problem, logging each skipped file.
+def check_bad_fraction(problems: Iterable[Problem], known_ids: set, max_bad_fraction: float) -> None:
+    """DataError listing the first problems when more than `max_bad_fraction` of the
+    dataset's images (`known_ids`, bad ones included) have an error.
 
-    Images the table no longer holds (load_table leaves out a metadata row whose
-    image is missing) count as bad too, so the fraction is bad images over all
-    images known. Raises DataError listing the first problems when that fraction
-    exceeds `max_bad_fraction`: training on a dataset with many broken files
-    should be a decision, not an accident.
+    Checked against the whole dataset, never one split: one bad image of a small
+    validation split is not a broken dataset.
     """
     errors = [p for p in problems if p.severity == "error"]
     bad_ids = {p.image_id for p in errors if p.image_id is not None}
-    known_ids = set(table["image_id"]) | bad_ids
-    fraction = len(bad_ids) / len(known_ids) if known_ids else 0.0
+    known = set(known_ids) | bad_ids
+    fraction = len(bad_ids) / len(known) if known else 0.0
     if fraction > max_bad_fraction:
         listed = "; ".join(str(p) for p in errors[:LISTED_PROBLEMS])
         more = f"; and {len(errors) - LISTED_PROBLEMS} more" if len(errors) > LISTED_PROBLEMS else ""
         raise DataError(
-            f"{len(bad_ids)} of {len(known_ids)} images ({fraction:.1%}) have problems, more than "
+            f"{len(bad_ids)} of {len(known)} images ({fraction:.1%}) have problems, more than "
             f"data.max_bad_fraction={max_bad_fraction:g}: {listed}{more}"
         )
+
+
+def drop_bad_rows(table: pd.DataFrame, problems: Iterable[Problem], max_bad_fraction: float,
+                  log: Callable[[str], None] | None = None) -> pd.DataFrame:
+    """Remove the rows that have an error problem, reporting each skipped file through `log`
+    (default: this module's logger, as warnings).
+
+    Images the table no longer holds (load_table leaves out a metadata row whose
+    image is missing) count as bad too, so the fraction is bad images over all
+    images known. Raises DataError listing the first problems when that fraction
+    exceeds `max_bad_fraction` (`check_bad_fraction`): training on a dataset with
+    many broken files should be a decision, not an accident.
+    """
+    log = log or logger.warning
+    errors = [p for p in problems if p.severity == "error"]
+    check_bad_fraction(errors, set(table["image_id"]), max_bad_fraction)
     for problem in errors:
-        logger.warning("skipping %s: %s", problem.path, problem.problem)
+        log(f"skipping {problem.path}: {problem.problem}")
+    bad_ids = {p.image_id for p in errors if p.image_id is not None}
     kept = table[~table["image_id"].isin(bad_ids)]
     kept.attrs = dict(table.attrs)
     return kept

@@ -6,7 +6,8 @@
     >>> item["image"].shape, item["mask"].shape, item["label"], item["index"]
     (torch.Size([3, 256, 256]), torch.Size([1, 256, 256]), tensor(1), 0)
 
-`item["index"]` is the sample's row in the cache, so `arrays.image_ids[index]` and
+`item["has_mask"]` is False for an image without a mask file (its mask is all zero and
+the loss and metrics leave it out). `item["index"]` is the sample's row in the cache, so `arrays.image_ids[index]` and
 `arrays.original_sizes[index]` name the image and its size when writing predictions.
 """
 
@@ -35,7 +36,7 @@ class DermDataset(Dataset):
 
     Each item is a dict: "image" float32 (3, S, S) as normalised by the transform,
     "mask" float32 (C, S, S) in {0, 1} (C = 0 when the cache has no mask columns),
-    "label" int64 scalar, "index" the cache row.
+    "label" int64 scalar, "has_mask" bool, "index" the cache row.
 
     Safe with DataLoader workers: the cache pickles as its folder and each worker
     re-opens the memory maps, so no array is copied between processes.
@@ -47,6 +48,7 @@ class DermDataset(Dataset):
         rows: Sequence[int],
         labels: Sequence[int] | None,
         transform: Callable[..., dict],
+        has_mask: Sequence[bool] | None = None,
     ):
         self.arrays = arrays
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -54,6 +56,7 @@ class DermDataset(Dataset):
                        else np.asarray(labels, dtype=np.int64))
         if len(self.labels) != len(self.rows):
             raise ValueError(f"{len(self.labels)} labels for {len(self.rows)} rows")
+        self.has_mask = (np.ones(len(self.rows), bool) if has_mask is None else np.asarray(has_mask, dtype=bool))
         self.transform = transform
 
     @classmethod
@@ -68,7 +71,10 @@ class DermDataset(Dataset):
             raise DataError(f"{len(missing)} images are not in the cache {arrays.directory}, "
                             f"e.g. {', '.join(missing[:5])}; drop the rows it reported as problems first")
         rows = [arrays.row_of[i] for i in table["image_id"]]
-        return cls(arrays, rows, labels_from_diagnosis(table["diagnosis"]), transform)
+        # A row whose mask file is empty has an all-zero mask in the cache (optional masks).
+        columns = [c for c in arrays.mask_columns if c in table]
+        has_mask = table[columns].notna().all(axis=1).to_numpy() if columns else None
+        return cls(arrays, rows, labels_from_diagnosis(table["diagnosis"]), transform, has_mask)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -87,6 +93,7 @@ class DermDataset(Dataset):
             "image": torch.from_numpy(as_float32_chw(out["image"])),
             "mask": mask,
             "label": torch.tensor(self.labels[i], dtype=torch.int64),
+            "has_mask": bool(self.has_mask[i]),
             "index": row,
         }
 

@@ -299,6 +299,11 @@ def _image_id(raw: str) -> str:
     return stem if suffix.lower() in IMAGE_SUFFIXES else raw
 
 
+def _row(line: int, image_id: str) -> str:
+    """'line 12 (ISIC_0024306)': a problem is printed as `csv path: problem`, so name the image too."""
+    return f"line {line} ({image_id or 'no image id'})"
+
+
 def _labels_from_dx_file(path: Path, problems: list, lesion_ids: bool) -> dict[str, tuple]:
     """image_id -> (diagnosis code or None, lesion_id or None) from a CSV with a dx column."""
     frame = _read_label_csv(path)
@@ -312,11 +317,12 @@ def _labels_from_dx_file(path: Path, problems: list, lesion_ids: bool) -> dict[s
         diagnosis = DX_TO_CLASS.get(row["dx"].lower())
         if diagnosis is None:
             found = f"unknown diagnosis {row['dx']!r}" if row["dx"] else "no diagnosis"
-            problems.append(Problem(image_id, str(path), f"line {line}: {found} (allowed: {', '.join(DX_TO_CLASS)})"))
+            problems.append(Problem(image_id, str(path), f"{_row(line, image_id)}: {found} "
+                                    f"(allowed: {', '.join(DX_TO_CLASS)})"))
         lesion_id = row["lesion_id"] if lesion_ids else None
         if lesion_ids and not lesion_id:
-            problems.append(Problem(image_id, str(path), f"line {line}: no lesion_id; {image_id} is treated "
-                                    f"as a lesion of its own", "warning"))
+            problems.append(Problem(image_id, str(path), f"{_row(line, image_id)}: no lesion_id; the image is "
+                                    f"treated as a lesion of its own", "warning"))
         labels[image_id] = (diagnosis, lesion_id)
     return labels
 
@@ -333,10 +339,10 @@ def _labels_from_one_hot_file(path: Path, problems: list) -> dict[str, tuple]:
             continue
         ones = [name for name, value in zip(CLASSES, row) if value == 1]
         if not all(value in (0, 1) for value in row):
-            problems.append(Problem(image_id, str(path), f"line {line}: one-hot values must be 0 or 1, "
+            problems.append(Problem(image_id, str(path), f"{_row(line, image_id)}: one-hot values must be 0 or 1, "
                                     f"got {', '.join(frame.loc[line - 2, list(CLASSES)])}"))
         elif len(ones) != 1:
-            problems.append(Problem(image_id, str(path), f"line {line}: one-hot row has {len(ones)} ones "
+            problems.append(Problem(image_id, str(path), f"{_row(line, image_id)}: one-hot row has {len(ones)} ones "
                                     f"({', '.join(ones) or 'no class'}); expected exactly one"))
         labels[image_id] = (ones[0] if len(ones) == 1 and all(value in (0, 1) for value in row) else None, None)
     return labels
@@ -344,7 +350,7 @@ def _labels_from_one_hot_file(path: Path, problems: list) -> dict[str, tuple]:
 
 def _is_duplicate(image_id: str, labels: dict, path: Path, line: int, problems: list) -> bool:
     if image_id in labels:
-        problems.append(Problem(image_id, str(path), f"line {line}: duplicate row for {image_id} "
+        problems.append(Problem(image_id, str(path), f"{_row(line, image_id)}: duplicate row "
                                 f"(the first row is used)"))
         return True
     return False

@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from derm.config import RunConfig
 from derm.data.cache import build_cache
-from derm.data.check import available_cpus, drop_bad_rows
+from derm.data.check import available_cpus, check_bad_fraction, drop_bad_rows
 from derm.data.dataset import DermDataset, class_balanced_sampler, labels_from_diagnosis
 from derm.data.formats import load_table
 from derm.data.problems import Problem
@@ -55,6 +56,7 @@ class PreparedData:
 
     loaders: dict[str, DataLoader]
     split: pd.Series
+    tables: dict[str, pd.DataFrame]  # the usable rows of each loader, in loader order
     class_counts: np.ndarray | None
     attribute_positive_fraction: np.ndarray | None
     problems: list[Problem] = field(default_factory=list)
@@ -82,7 +84,12 @@ def seed_worker(worker_id: int) -> None:
 
 
 def load_split(cfg: RunConfig, table: pd.DataFrame, run_dir: Path | None) -> pd.Series:
-    """The run's split: given in the config, else made from it (seeded), then written."""
+    """The run's split: given in the config, else made from the table (seeded), then written.
+
+    The split is made over every image the dataset lists, bad files included, and bad
+    files are dropped from each part afterwards: a split depends on the dataset and the
+    seed alone, and a sweep's split stays valid in trials that find a broken file.
+    """
     if cfg.data.split_csv:
         split = read_split(cfg.data.split_csv)
     else:
@@ -92,14 +99,22 @@ def load_split(cfg: RunConfig, table: pd.DataFrame, run_dir: Path | None) -> pd.
     return split
 
 
+def error_ids(problems: Sequence[Problem]) -> set[str]:
+    """The image ids that have an error (not a warning)."""
+    return {p.image_id for p in problems if p.severity == "error" and p.image_id is not None}
+
+
 def decode_split(cfg: RunConfig, rows: pd.DataFrame, mask_columns: Sequence[str], name: str,
                  log: Callable[[str], None]):
-    """Build (or open) the decode-once cache of one split and drop its bad rows, reported."""
-    arrays = build_cache(rows, cfg.data.image_size, cfg.data.cache_dir, mask_columns)
+    """Build (or open) the decode-once cache of one split; (arrays, usable rows, problems found)."""
+    arrays = build_cache(rows, cfg.data.image_size, cfg.data.cache_dir, mask_columns, log=log,
+                         optional_masks=cfg.task == "multitask")
     problems = list(arrays.problems)
     for problem in problems:
         log(f"skipping {problem.path}: {problem.problem} ({name} split)")
-    kept = drop_bad_rows(rows, problems, cfg.data.max_bad_fraction)
+    bad = error_ids(problems)
+    kept = rows[~rows["image_id"].isin(bad)]
+    kept.attrs = dict(rows.attrs)
     return arrays, kept, problems
 
 
@@ -116,20 +131,23 @@ def prepare_data(
     """Load, check, split, decode once and wrap the data a run needs.
 
     ``train_on`` names the splits merged into the training loader; each name in
-    ``evaluate_on`` gets its own evaluation loader. No other split is decoded.
+    ``evaluate_on`` gets its own evaluation loader. No other split is decoded. Bad files
+    (the table's own problems and those found decoding) are skipped and reported through
+    ``log``; more of them than ``data.max_bad_fraction`` of the dataset stop the run.
     """
     table = load_table(cfg.data.root, cfg.data.layout)
-    file_problems = [p for p in table.attrs.get("problems", [])]
-    for problem in file_problems:
-        if problem.severity == "error":
-            log(f"skipping {problem.path}: {problem.problem}")
-    table = drop_bad_rows(table, file_problems, cfg.data.max_bad_fraction)
+    file_problems = list(table.attrs.get("problems", []))
+    known_ids = set(table["image_id"])
+    usable = drop_bad_rows(table, file_problems, cfg.data.max_bad_fraction, log=log)
     if split is None:
         split = load_split(cfg, table, Path(run_dir) if run_dir else None)
     elif run_dir is not None:
         write_split(split, Path(run_dir) / SPLIT_FILE)
-    parts = apply_split(table, split)
     check_task_data(cfg, table)
+    parts = apply_split(usable, split, skipped=error_ids(file_problems))
+    wanted = task_rows(cfg.task, usable, log)
+    parts = {name: _with_attrs(rows[rows["image_id"].isin(wanted)].reset_index(drop=True), table)
+             for name, rows in parts.items()}
 
     mask_columns = mask_columns_for(cfg.task)
     size = cfg.data.image_size
@@ -142,6 +160,12 @@ def prepare_data(
     train_rows.attrs = dict(table.attrs)
     arrays, train_rows, found = decode_split(cfg, train_rows, mask_columns, "+".join(train_on), log)
     problems += found
+    decoded = {name: decode_split(cfg, _with_attrs(parts[name], table), mask_columns, name, log)
+               for name in evaluate_on}
+    for _, _, found in decoded.values():
+        problems += found
+    check_bad_fraction(problems, known_ids, cfg.data.max_bad_fraction)
+
     if train_rows.empty:
         raise DataError(f"{cfg.data.root}: the {'+'.join(train_on)} split has no usable images")
     train_set = DermDataset.from_table(arrays, train_rows, train_transform(size, cfg.data.augment))
@@ -152,11 +176,7 @@ def prepare_data(
         pin_memory=device is not None and device.type == "cuda",
         drop_last=len(train_set) > cfg.train.batch_size and cfg.task != "classification",
     )
-    for name in evaluate_on:
-        rows = parts[name]
-        rows.attrs = dict(table.attrs)
-        eval_arrays, rows, found = decode_split(cfg, rows, mask_columns, name, log)
-        problems += found
+    for name, (eval_arrays, rows, _) in decoded.items():
         if rows.empty:
             raise DataError(f"{cfg.data.root}: the {name} split has no usable images "
                             f"(data.val_fraction / data.test_fraction too small for this dataset?)")
@@ -169,11 +189,60 @@ def prepare_data(
     return PreparedData(
         loaders=loaders,
         split=split,
+        tables={"train": train_rows, **{name: rows for name, (_, rows, _) in decoded.items()}},
         class_counts=class_counts(train_rows) if cfg.task in ("multitask", "classification") else None,
         attribute_positive_fraction=positive_fraction(arrays, train_set) if cfg.task == "attributes" else None,
         problems=problems,
         generator=generator,
     )
+
+
+def _with_attrs(rows: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    rows.attrs = dict(table.attrs)
+    return rows
+
+
+def truth_masks(rows: pd.DataFrame, task: str) -> Callable[[str], np.ndarray]:
+    """image id -> its true masks (bool (C, H, W)) read from their files at the original size.
+
+    What retrain-best scores segmentation against, as the ISIC 2018 scorer does: the
+    challenge compares masks at each image's own size, not at the training resolution.
+    """
+    paths = rows.set_index("image_id")[mask_columns_for(task)]
+
+    def read(image_id: str) -> np.ndarray:
+        masks = []
+        for path in paths.loc[image_id]:
+            with Image.open(path) as img:
+                # convert("L"): palette masks as luminance (see derm.data.check); > 127 as the scorer's > 128.
+                masks.append(np.asarray(img.convert("L")) > 127)
+        return np.stack(masks)
+
+    return read
+
+
+def task_rows(task: str, table: pd.DataFrame, log: Callable[[str], None]) -> set[str]:
+    """The ids of the images ``task`` can learn from, saying how many it cannot.
+
+    ISIC 2018's Task 1-3 folder holds images with a lesion mask and no diagnosis (Tasks
+    1-2) beside images with a diagnosis and no mask (Task 3): segmentation uses the former,
+    classification the latter, multitask both (each loss and metric on the images that
+    carry its target).
+    """
+    has_label = table["diagnosis"].notna()
+    columns = mask_columns_for(task)
+    has_mask = table[columns].notna().all(axis=1) if columns else pd.Series(False, index=table.index)
+    usable = {"classification": has_label, "multitask": has_label | has_mask}.get(task, has_mask)
+    total = len(table)
+    if task == "multitask" and (not has_mask.all() or not has_label.all()):
+        log(f"multitask: of {total} images, {int(has_mask.sum())} have a lesion mask (segmentation loss "
+            f"and Dice) and {int(has_label.sum())} a diagnosis (classification loss and accuracy)")
+    left_out = total - int(usable.sum())
+    if left_out:
+        what = {"classification": "no diagnosis", "multitask": "neither a lesion mask nor a diagnosis"}.get(
+            task, "no masks")
+        log(f"task {task}: {left_out} of {total} images have {what} and are not used")
+    return set(table.loc[usable, "image_id"])
 
 
 def check_task_data(cfg: RunConfig, table: pd.DataFrame) -> None:
@@ -201,12 +270,17 @@ def positive_fraction(arrays, dataset: DermDataset) -> np.ndarray:
 
 
 def default_workers(cfg: RunConfig, device: torch.device | None) -> int:
-    """DataLoader workers: the config's, else from the CPUs this run has.
-
-    Cached samples are cheap to produce, so on a small CPU budget the main process
-    does it; with more CPUs, workers keep the accelerator fed.
-    """
+    """DataLoader workers: the config's, else from the CPUs this process may use."""
     if cfg.data.num_workers is not None:
         return cfg.data.num_workers
-    cpus = available_cpus()
-    return 0 if cpus <= 2 else min(8, cpus - 1)
+    return loader_workers(available_cpus())
+
+
+def loader_workers(cpus: float) -> int:
+    """DataLoader workers for a run with ``cpus`` CPUs (a sweep trial: its reservation).
+
+    Cached samples are cheap to produce, so on a small CPU budget the main process does
+    it; with more CPUs, workers (one CPU left for the training step, at most 8) keep the
+    accelerator fed.
+    """
+    return 0 if cpus <= 2 else min(8, int(cpus) - 1)

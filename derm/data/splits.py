@@ -81,16 +81,17 @@ def read_split(path) -> pd.Series:
                      index=pd.Index(frame["image_id"].to_numpy(dtype=object), name="image_id"), name="split")
 
 
-def apply_split(table: pd.DataFrame, split: pd.Series) -> dict[str, pd.DataFrame]:
+def apply_split(table: pd.DataFrame, split: pd.Series, skipped=()) -> dict[str, pd.DataFrame]:
     """Cut `table` into {"train": ..., "val": ..., "test": ...} by `split`.
 
-    The split must name exactly the table's images: a split made for another
-    dataset (or a table that lost or gained images since) raises DataError
-    instead of training on a silently different set.
+    The split must name exactly the table's images, apart from `skipped`: ids
+    left out of the table because their files are bad (reported elsewhere). A
+    split made for another dataset (or a table that lost or gained images since)
+    raises DataError instead of training on a silently different set.
     """
     table_ids = set(table["image_id"])
     split_ids = set(split.index)
-    not_in_table = sorted(split_ids - table_ids)
+    not_in_table = sorted(split_ids - table_ids - set(skipped))
     if not_in_table:
         raise DataError(f"the split names {len(not_in_table)} image(s) that are not in the dataset table "
                         f"({_first_few(not_in_table)}); was it made for another dataset? make a new split")

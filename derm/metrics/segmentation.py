@@ -89,11 +89,20 @@ class SegmentationAccumulator:
         self._counts.append(np.stack(confusion_counts(pred_masks, true_masks), axis=1))
 
     def update_from_batch(self, batch: dict, probs: dict) -> None:
-        """Training-loop hook: ``probs["seg"]`` (B, 1, S, S) against ``batch["mask"]``."""
+        """Training-loop hook: ``probs["seg"]`` (B, 1, S, S) against ``batch["mask"]``.
+
+        Images whose ``batch["has_mask"]`` is False (no mask file, e.g. ISIC 2018 Task 3
+        images in a multitask run) are left out.
+        """
         if batch["mask"].shape[1] != 1:
             raise DataError(f"lesion segmentation needs one lesion mask per image; the batch has "
                             f"{batch['mask'].shape[1]} mask channels")
-        self.update(probs["seg"], batch["mask"])
+        probabilities, masks = probs["seg"], batch["mask"]
+        if "has_mask" in batch:
+            keep = batch["has_mask"].bool()
+            probabilities, masks = probabilities[keep], masks[keep]
+        if len(masks):
+            self.update(probabilities, masks)
 
     def counts(self) -> np.ndarray:
         """(N, 4) int64 per-image counts, columns tp, fp, fn, tn."""

@@ -15,8 +15,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from derm.config import RunConfig, config_from_dict, parse_override, read_yaml, set_dotted
+from derm.config import RunConfig, absolute_paths, config_from_dict, parse_override, read_yaml, set_dotted
 from derm.errors import ConfigError
+from derm.metric_names import check_metric_name
 from derm.model_names import suggest
 from derm.search_space.distributions import (
     Distribution, FixedValue, InvalidSpec, as_number, is_distribution, parse_distribution, same_value,
@@ -57,7 +58,7 @@ def load_search_space(path: str | Path, overrides: list[str] | tuple[str, ...] =
         >>> space.searched_keys[:2], space.sweep.num_samples
         (('model.encoder', 'loss.seg'), 40)
     """
-    return build_search_space(read_yaml(path), str(path), tuple(overrides))
+    return build_search_space(read_yaml(path), str(path), tuple(overrides), base_dir=str(Path.cwd()))
 
 
 def apply_demo(space: SearchSpace, data_root: str, layout: str) -> SearchSpace:
@@ -67,12 +68,17 @@ def apply_demo(space: SearchSpace, data_root: str, layout: str) -> SearchSpace:
     unless a demo override fixes one.
     """
     demo = {**DEMO_OVERRIDES, "data.root": str(data_root), "data.layout": layout, **space.demo}
-    return build_search_space(space.file_values, space.source, space.overrides, demo=demo)
+    return build_search_space(space.file_values, space.source, space.overrides, demo=demo,
+                              base_dir=space.base_dir)
 
 
 def build_search_space(file_values: dict[str, Any], source: str, overrides: tuple[str, ...] = (),
-                       demo: dict[str, Any] | None = None) -> SearchSpace:
-    """Validate a search space given as the mapping read from ``source``."""
+                       demo: dict[str, Any] | None = None, base_dir: str | None = None) -> SearchSpace:
+    """Validate a search space given as the mapping read from ``source``.
+
+    With ``base_dir``, relative paths in it (``data.root: data/HAM10000``) are made absolute
+    against that folder (the one the sweep was started in): trials run in folders of their own.
+    """
     where = source + (" (--demo)" if demo is not None else "") + (" (with overrides)" if overrides else "")
     raw = copy.deepcopy(file_values)
     demo_section = _parse_demo(raw.pop("demo", None), source)
@@ -81,6 +87,8 @@ def build_search_space(file_values: dict[str, Any], source: str, overrides: tupl
     for text in overrides:
         set_dotted(raw, *parse_override(text))
     _check_sections(raw, where)
+    if base_dir is not None:
+        absolute_paths(raw, base_dir)
     sweep = sweep_settings_from_dict(raw.pop("sweep", None), where)
     raw.setdefault("name", Path(source).stem)
 
@@ -96,7 +104,7 @@ def build_search_space(file_values: dict[str, Any], source: str, overrides: tupl
         name=base_config.name, task=base_config.task, source=source, fixed=fixed,
         parameters=tuple(parameters), sweep=_check_sweep(sweep, parameters, base_config, where),
         demo=demo_section, base_config=base_config, base_values=base_values, overrides=tuple(overrides),
-        is_demo=demo is not None, file_values=file_values,
+        is_demo=demo is not None, file_values=file_values, base_dir=base_dir,
     )
     # Points must fit the file as written; an override or --demo that rules a point out drops it.
     points = seed_points(space, where, strict=not overrides and demo is None)
@@ -283,6 +291,10 @@ def _check_sweep(sweep: SweepSettings, parameters: list[Parameter], base_config:
                  where: str) -> SweepSettings:
     """Checks that need both the sweep settings and the parameters; fills in num_samples."""
     keys = [p.key for p in parameters]
+    try:
+        check_metric_name(sweep.metric, base_config.task, "sweep.metric")
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
     num_samples = sweep.num_samples
     if sweep.search == "grid":
         for param in parameters:

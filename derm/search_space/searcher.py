@@ -50,8 +50,10 @@ def build_searcher(space: SearchSpace) -> "OptunaSearch":
     """
     import warnings
 
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory" is noise here
     with warnings.catch_warnings():
         # Optuna flags multivariate/group/constant_liar as experimental; we choose them knowingly.
         warnings.filterwarnings("ignore", message=".*experimental.*")

@@ -125,6 +125,7 @@ class SearchSpace:
     overrides: tuple[str, ...] = ()
     is_demo: bool = False
     file_values: dict[str, Any] = field(default_factory=dict, repr=False)  # the YAML as read, for apply_demo
+    base_dir: str | None = None  # the folder relative paths were resolved against
 
     @property
     def searched_keys(self) -> tuple[str, ...]:
