@@ -54,7 +54,7 @@ class DecodeEveryEpoch(Dataset):
         return len(self.records)
 
     def __getitem__(self, i):
-        from derm.data.check import inspect_sample
+        from derm.data.decoding import inspect_sample
 
         sample, problems = inspect_sample(self.records[i], MASKS, size=self.decode_size)
         out = self.transform(image=sample.image, mask=sample.masks)
@@ -91,7 +91,7 @@ def throughput(table, cache_dir: Path, workers: int, repeats: int, transform_nam
 def build_cost(table, cache_root: Path, repeats: int) -> tuple[float, float]:
     """Median seconds of building a fresh cache and of one plain decoding pass, same thread pool."""
     from derm.data.cache import build_cache
-    from derm.data.check import inspect_samples
+    from derm.data.decoding import inspect_samples
 
     def plain_pass() -> float:
         started = time.perf_counter()

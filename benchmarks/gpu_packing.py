@@ -37,11 +37,16 @@ def packing_trial(config: dict) -> None:
     from ray import tune
 
     from derm.config import config_from_dict
+    from derm.fit_callbacks import FitCallbacks
     from derm.training import fit
+
+    class ReportToTune(FitCallbacks):
+        def on_epoch_end(self, metrics, latest):
+            tune.report(metrics)
 
     cfg = config_from_dict(config["cfg"], "gpu_packing trial")
     with tempfile.TemporaryDirectory() as run_dir:
-        fit(cfg, run_dir, reporter=lambda metrics, latest: tune.report(metrics))
+        fit(cfg, run_dir, callbacks=ReportToTune())
 
 
 def aggregate_rate(cfg_dict: dict, trials: int, gpu: float, cpus: int) -> float:
@@ -97,7 +102,7 @@ def main(argv=None) -> int:
 
     import ray
 
-    from derm.data.synth import write_synthetic_dataset
+    from derm.data.synthetic import write_synthetic_dataset
 
     root = DATA_ROOT / f"ham-synthetic-{args.images}-64px"
     if not (root / ".complete").exists():

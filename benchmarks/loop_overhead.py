@@ -52,12 +52,16 @@ def derm_trial(config: dict) -> None:
     from ray import tune
 
     from derm.config import config_from_dict
+    from derm.fit_callbacks import FitCallbacks
     from derm.training import fit
+
+    class ReportToTune(FitCallbacks):
+        def on_epoch_end(self, metrics, latest):
+            tune.report({**metrics, "torch_threads": torch.get_num_threads()})
 
     cfg = config_from_dict(config["cfg"], "trial")
     with tempfile.TemporaryDirectory() as run_dir:
-        fit(cfg, run_dir, reporter=lambda metrics, latest: tune.report(
-            {**metrics, "torch_threads": torch.get_num_threads()}))
+        fit(cfg, run_dir, callbacks=ReportToTune())
 
 
 def derm_rate(cfg, cpus: int) -> tuple[float, int]:
@@ -129,7 +133,7 @@ def main(argv=None) -> int:
     import ray
     import torch
 
-    from derm.data.synth import write_synthetic_dataset
+    from derm.data.synthetic import write_synthetic_dataset
 
     root = DATA_ROOT / f"ham-synthetic-{args.images}-{args.size}px"
     if not (root / ".complete").exists():

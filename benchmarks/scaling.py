@@ -35,7 +35,7 @@ TINY = ["train.epochs=1", "sweep.grace_period=1", "optim.warmup_epochs=0", "data
 
 
 def synthetic_dataset(images: int) -> Path:
-    from derm.data.synth import write_synthetic_dataset
+    from derm.data.synthetic import write_synthetic_dataset
 
     root = DATA_ROOT / f"ham-synthetic-{images}-64px"
     if not (root / ".complete").exists():

@@ -2,7 +2,7 @@
 
 A trivial trainable (reports a score each epoch, trains nothing) runs as a 20-trial sweep
 of search_spaces/unet.yaml --demo (TPE, ASHA, 2 concurrent trials of 1 CPU) through
-`derm.sweep.plan_sweep`, `start_ray` and `build_tuner`, first as Ray Tune does by default
+`derm.sweep.plan.plan_sweep`, `derm.sweep.cluster.start_ray` and `derm.sweep.tuner.build_tuner`, first as Ray Tune does by default
 (a fresh actor per trial) and then with derm's setting (actors reused), interleaved.
 Ray is started once beforehand, so its start-up (about 4 s) is not in the per-trial figure.
 
@@ -38,7 +38,8 @@ def trivial_trial(config: dict) -> None:
 
 def sweep_seconds(space, out: Path, demo_root: str, reuse_actors: bool) -> float:
     """Wall seconds of tuner.fit() for one sweep of the trivial trainable."""
-    from derm.sweep import build_tuner, plan_sweep
+    from derm.sweep.plan import plan_sweep
+    from derm.sweep.tuner import build_tuner
 
     plan = plan_sweep(space, out / ("reuse" if reuse_actors else "fresh"), None, None, demo_root)
     tuner = build_tuner(plan, trivial_trial, reuse_actors=reuse_actors)
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
         args.trials, args.repeats = 8, 1
 
     from derm.search_space import apply_demo, load_search_space
-    from derm.sweep import demo_dataset, start_ray
+    from derm.sweep.cluster import start_ray
+    from derm.sweep.plan import demo_dataset
 
     print(machine_line())
     space = load_search_space(ROOT / "search_spaces" / "unet.yaml", [f"sweep.num_samples={args.trials}"])

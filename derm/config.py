@@ -132,6 +132,12 @@ class LossConfig(Section):
             raise ValueError(f"needs at least one loss with a positive weight (allowed: {', '.join(SEG_LOSSES)})")
         return v
 
+    @model_validator(mode="after")
+    def _tversky_is_a_loss(self) -> "LossConfig":
+        if self.tversky_alpha + self.tversky_beta == 0:
+            raise ValueError("loss.tversky_alpha + loss.tversky_beta must be > 0 (0.5 and 0.5 is Dice)")
+        return self
+
     @field_validator("attribute_pos_weight")
     @classmethod
     def _five_weights(cls, v: Any) -> Any:
@@ -153,6 +159,12 @@ class OptimConfig(Section):
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step/exponential/plateau decay factor")
     restart_epochs: int = Field(10, ge=1, description="cosine_restarts: epochs of the first cycle")
     plateau_patience: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> "OptimConfig":
+        if self.nesterov and self.name == "sgd" and self.momentum == 0:
+            raise ValueError("optim.nesterov needs optim.momentum > 0 (e.g. 0.9)")
+        return self
 
 
 class TrainConfig(Section):
@@ -263,6 +275,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     if not loc:  # a check across sections: its message names the keys
         return f"{source}: {message}"
     if first["type"] == "value_error":
+        if message.startswith(f"{key}."):  # a check across a section's keys names them itself
+            return f"{source}: {message}"
         return f"{source}: {key}: {message}"
     return f"{source}: {key}: {message} (got {first.get('input')!r})"
 
@@ -353,8 +367,6 @@ def absolute_paths(raw: dict[str, Any], base_dir: str | Path) -> dict[str, Any]:
     >>> absolute_paths({"data": {"root": "data/HAM10000"}}, "/home/me/derm")
     {'data': {'root': '/home/me/derm/data/HAM10000'}}
     """
-    from derm.tracking import absolute_tracking_uri
-
     base = Path(base_dir).expanduser()
     for key in PATH_KEYS:
         *sections, name = key.split(".")
@@ -369,6 +381,41 @@ def absolute_paths(raw: dict[str, Any], base_dir: str | Path) -> dict[str, Any]:
     return raw
 
 
+def absolute_tracking_uri(uri: str, base_dir: str | Path | None = None) -> str:
+    """A tracking URI that means the same store from any working directory.
+
+    A relative SQLite path (``sqlite:///mlflow.db``) or a plain folder (MLflow's file store)
+    is made absolute against ``base_dir`` (default: the current folder); server URLs
+    (``http://``, ``databricks``, ...) are returned as they are.
+
+    >>> absolute_tracking_uri("sqlite:///runs/mlflow.db", "/home/me")
+    'sqlite:////home/me/runs/mlflow.db'
+    """
+    base = Path(base_dir or Path.cwd()).expanduser()
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        return "sqlite:///" + os.path.normpath(base / Path(path).expanduser()) if path != ":memory:" else uri
+    if uri.startswith("file:") or "://" in uri or uri == "databricks" or uri.startswith("databricks"):
+        return uri
+    return os.path.normpath(base / Path(uri).expanduser())
+
+
+def flatten_dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys; an empty mapping is a value of its own.
+
+    >>> flatten_dotted({"optim": {"lr": 1e-3, "name": "adam"}, "sweep": {}})
+    {'optim.lr': 0.001, 'optim.name': 'adam', 'sweep': {}}
+    """
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten_dotted(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
 def save_config(cfg: RunConfig, path: str | Path) -> Path:
     """Write the fully resolved config (every default filled in) as YAML."""
     path = Path(path)
@@ -379,7 +426,8 @@ def save_config(cfg: RunConfig, path: str | Path) -> Path:
 
 __all__ = [
     "ConfigError", "DataConfig", "LossConfig", "ModelConfig", "MlflowConfig",
-    "OptimConfig", "PATH_KEYS", "RunConfig", "TrainConfig", "SEG_LOSSES", "absolute_paths", "apply_overrides",
+    "OptimConfig", "PATH_KEYS", "RunConfig", "TrainConfig", "SEG_LOSSES", "absolute_paths", "absolute_tracking_uri",
+    "apply_overrides", "flatten_dotted",
     "config_from_dict", "load_config", "parse_override",
     "read_yaml", "save_config", "set_dotted",
 ]

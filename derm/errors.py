@@ -1,8 +1,9 @@
 """Errors that describe a user's mistake rather than a bug.
 
-Command-line entry points catch DermError and print its message on one line
-(no traceback): the message names the file, key or image and says what is
-allowed. Anything else is a programming error and keeps its traceback.
+Commands catch DermError in one place (``derm._cli.run_command``) and print its message on
+one line (no traceback): the message names the file, key or image and says what is
+allowed. A ConfigError exits 2 (usage or config), any other DermError 1 (the data or the
+run failed). Anything else is a programming error and keeps its traceback.
 """
 
 
@@ -11,7 +12,8 @@ class DermError(Exception):
 
 
 class ConfigError(DermError):
-    """A config or search-space file that does not validate."""
+    """A config or search-space file that does not validate, or a command-line argument that
+    names something unusable (a missing folder, a rank that does not exist)."""
 
 
 class DataError(DermError):

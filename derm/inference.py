@@ -1,9 +1,8 @@
 """Run a trained derm model on new images: the `Predictor` API behind ``python -m derm.predict``.
 
-    >>> predictor = Predictor.from_checkpoint("runs/demo/checkpoints/best.pt")  # doctest: +SKIP
-    >>> result = predictor.predict("ISIC_0000000.jpg")
-    >>> result.label, round(result.probabilities["MEL"], 3), result.lesion_mask.shape
-    ('NV', 0.071, (767, 1022))
+    predictor = Predictor.from_checkpoint("runs/demo/checkpoints/best.pt")
+    result = predictor.predict("ISIC_0000000.jpg")
+    result.label, result.probabilities["MEL"], result.lesion_mask.shape   # 'NV', 0.071, (767, 1022)
 
 Images are preprocessed exactly as training evaluates them (decoded and resized to
 ``data.image_size`` as the decode-once cache does, then `eval_transform`'s
@@ -18,7 +17,7 @@ horizontal, vertical and double flips (masks flipped back first). Dermoscopy has
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -28,14 +27,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from derm.checkpoint import load_checkpoint
+from derm.checkpoint import TrainingCheckpoint
 from derm.config import RunConfig, config_from_dict
-from derm.data.check import decode_image as decode_resized_image  # the decode the training cache uses
+from derm.data.decoding import decode_image as decode_resized_image  # the decode the training cache uses
 from derm.data.transforms import eval_transform
-from derm.errors import DermError
+from derm.errors import DataError
 from derm.labels import ATTRIBUTES, CLASSES
 from derm.models import build_model
-from derm.training import autocast_dtype, select_device, without_pretrained_weights
+from derm.runtime import autocast_dtype, select_device
+from derm.training import output_probabilities
 
 ImageSource = Union[str, Path, Image.Image, np.ndarray]
 
@@ -97,33 +97,25 @@ def load_image(source: ImageSource, size: int) -> PreparedImage:
 
 def load_model(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Module, RunConfig]:
     """The model of a derm checkpoint (latest.pt, best.pt, a sweep trial's), in eval mode on `device`."""
-    payload = load_checkpoint(checkpoint, map_location="cpu")
-    cfg = config_from_dict(payload["config"], source=f"{checkpoint} (its config)")
+    saved = TrainingCheckpoint.load(checkpoint, map_location="cpu")
+    cfg = config_from_dict(saved.config, source=f"{checkpoint} (its config)")
     # The checkpoint holds every weight: building with the config's pretrained encoder
     # (encoder_weights: imagenet) would download weights only to overwrite them, and fail
     # on machines without internet.
-    model = build_model(without_pretrained_weights(cfg), probe=False)
+    model = build_model(cfg, probe=False, pretrained=False)
     try:
-        model.load_state_dict(payload["model"])
+        model.load_state_dict(saved.model)
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
-        raise DermError(f"{checkpoint}: its weights do not fit the model its config describes ({first})") from None
+        raise DataError(f"{checkpoint}: its weights do not fit the model its config describes ({first})") from None
     return model.to(device).eval(), cfg
-
-
-def choose_device(requested: str) -> torch.device:
-    """auto (cuda, mps, then cpu), cpu or cuda; DermError when the one asked for is absent."""
-    try:
-        return select_device(requested)
-    except DermError:
-        raise DermError(f"device {requested} is not available on this machine (use auto or cpu)") from None
 
 
 class Predictor:
     """A trained derm model ready to predict on images of any size.
 
     Build it with `Predictor.from_checkpoint`; `predict` takes one image,
-    `predict_batch` several, `predict_folder` writes ISIC 2018 submission files.
+    `predict_batch` several; `derm.submission.predict_folder` writes ISIC 2018 submission files.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: RunConfig, device: torch.device, tta: bool = False):
@@ -138,7 +130,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: bool = False) -> "Predictor":
         """Load any derm checkpoint (weights_only=True) and rebuild its model from its config."""
-        torch_device = choose_device(device)
+        torch_device = select_device(device, key="--device")
         model, cfg = load_model(path, torch_device)
         return cls(model, cfg, torch_device, tta=tta)
 
@@ -186,12 +178,7 @@ class Predictor:
     def _forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=self._amp_dtype, enabled=self._amp_dtype is not None):
             outputs = self.model(batch)
-        probs = {}
-        if "seg" in outputs:
-            probs["seg"] = torch.sigmoid(outputs["seg"].float())
-        if "cls" in outputs:
-            probs["cls"] = torch.softmax(outputs["cls"].float(), dim=1)
-        return probs
+        return output_probabilities(outputs)
 
     def _prediction(self, probs: dict[str, torch.Tensor], i: int, original_size: tuple[int, int]) -> Prediction:
         label = probabilities = lesion_mask = attribute_masks = None
@@ -207,14 +194,6 @@ class Predictor:
             else:
                 lesion_mask = masks[0]
         return Prediction(label, probabilities, lesion_mask, attribute_masks, original_size)
-
-    def predict_folder(self, images_dir: str | Path, out_dir: str | Path, overlays: bool = True,
-                       batch_size: int = DEFAULT_BATCH_SIZE, log: Callable[[str], None] = print):
-        """Write ISIC 2018 submission files for every JPEG/PNG in `images_dir`; see `derm.predict.predict_folder`."""
-        # derm.predict writes the files and imports this module, so it is imported here.
-        from derm.predict import predict_folder
-
-        return predict_folder(self, images_dir, out_dir, overlays=overlays, batch_size=batch_size, log=log)
 
 
 def masks_at_size(probabilities: torch.Tensor, size: tuple[int, int]) -> list[np.ndarray]:

@@ -19,6 +19,8 @@ separately.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
@@ -26,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from derm.config import LossConfig, RunConfig
-from derm.errors import ConfigError
 from derm.labels import ATTRIBUTES, CLASSES
 
 # An attribute seen in 1 pixel in 10,000 would otherwise get a positive weight of
@@ -74,23 +75,23 @@ def attribute_pos_weights(setting: str | list[float], positive_fraction: np.ndar
     return np.asarray(setting, dtype=np.float64)
 
 
+# Segmentation loss terms by the names config.py validates (derm.config.SEG_LOSSES; a test
+# keeps the two equal): (mode, loss config, BCE positive weights) -> SMP loss module. Mode is
+# "binary" for the lesion mask, "multilabel" for the attribute channels.
+SEGMENTATION_LOSSES: dict[str, Callable[[str, LossConfig, torch.Tensor | None], nn.Module]] = {
+    "dice": lambda mode, cfg, pos_weight: smp.losses.DiceLoss(mode, from_logits=True),
+    "jaccard": lambda mode, cfg, pos_weight: smp.losses.JaccardLoss(mode, from_logits=True),
+    "bce": lambda mode, cfg, pos_weight: smp.losses.SoftBCEWithLogitsLoss(pos_weight=pos_weight, ignore_index=None),
+    "focal": lambda mode, cfg, pos_weight: smp.losses.FocalLoss(mode, gamma=cfg.focal_gamma),
+    "tversky": lambda mode, cfg, pos_weight: smp.losses.TverskyLoss(
+        mode, from_logits=True, alpha=cfg.tversky_alpha, beta=cfg.tversky_beta),
+    "lovasz": lambda mode, cfg, pos_weight: smp.losses.LovaszLoss(mode, per_image=False, from_logits=True),
+}
+
+
 def segmentation_term(name: str, mode: str, cfg: LossConfig, pos_weight: torch.Tensor | None) -> nn.Module:
-    """One SMP segmentation loss by its config name (see derm.config.SEG_LOSSES)."""
-    if name == "dice":
-        return smp.losses.DiceLoss(mode, from_logits=True)
-    if name == "jaccard":
-        return smp.losses.JaccardLoss(mode, from_logits=True)
-    if name == "bce":
-        return smp.losses.SoftBCEWithLogitsLoss(pos_weight=pos_weight, ignore_index=None)
-    if name == "focal":
-        return smp.losses.FocalLoss(mode, gamma=cfg.focal_gamma)
-    if name == "tversky":
-        if cfg.tversky_alpha + cfg.tversky_beta == 0:
-            raise ConfigError("loss.tversky_alpha + loss.tversky_beta must be > 0 (0.5 and 0.5 is Dice)")
-        return smp.losses.TverskyLoss(mode, from_logits=True, alpha=cfg.tversky_alpha, beta=cfg.tversky_beta)
-    if name == "lovasz":
-        return smp.losses.LovaszLoss(mode, per_image=False, from_logits=True)
-    raise ValueError(f"unknown segmentation loss {name!r}")
+    """One SMP segmentation loss by its config name (a key of ``SEGMENTATION_LOSSES``)."""
+    return SEGMENTATION_LOSSES[name](mode, cfg, pos_weight)
 
 
 class SegmentationLoss(nn.Module):
@@ -229,6 +230,6 @@ def build_loss(cfg: RunConfig, class_counts: np.ndarray | None = None,
 
 
 __all__ = [
-    "ClassificationLoss", "DermLoss", "MAX_POS_WEIGHT", "SegmentationLoss", "attribute_pos_weights",
+    "ClassificationLoss", "DermLoss", "MAX_POS_WEIGHT", "SEGMENTATION_LOSSES", "SegmentationLoss", "attribute_pos_weights",
     "build_loss", "inverse_frequency_weights", "segmentation_term",
 ]

@@ -154,13 +154,18 @@ class DermModel(nn.Module):
         return self
 
 
-def build_model(cfg: RunConfig, *, probe: bool = True) -> DermModel:
+def build_model(cfg: RunConfig, *, probe: bool = True, pretrained: bool = True) -> DermModel:
     """Build the model for ``cfg.task`` from ``cfg.model``; raise ConfigError for bad combinations.
 
     With ``probe`` (default), one blank image of ``data.image_size`` is passed through
     the model, so that sizes an architecture cannot take fail here, with the config's
-    names, instead of at the first training step.
+    names, instead of at the first training step. ``pretrained=False`` ignores
+    ``model.encoder_weights``: for a model whose weights come from a checkpoint, where
+    fetching them first would only need a network that compute nodes often lack.
     """
+    if not pretrained and cfg.model.encoder_weights is not None:
+        cfg = cfg.model_copy(deep=True)
+        cfg.model.encoder_weights = None
     m = cfg.model
     check_timm_encoder(m.encoder)
     check_weights_name(m.encoder, m.encoder_weights)

@@ -16,6 +16,7 @@ loop monitors a higher-is-better score) steps once per epoch, after the warm-up.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -24,6 +25,15 @@ from torch.optim import lr_scheduler
 from derm.config import OptimConfig
 from derm.errors import ConfigError
 
+# Optimisers by the names config.py validates (optim.name; a test keeps the two equal):
+# (parameter groups, lr and weight decay, optim config) -> torch optimiser.
+OPTIMIZERS: dict[str, Callable[[list[dict], dict[str, float], OptimConfig], torch.optim.Optimizer]] = {
+    "adam": lambda groups, common, cfg: torch.optim.Adam(groups, **common),
+    "adamw": lambda groups, common, cfg: torch.optim.AdamW(groups, **common),
+    "sgd": lambda groups, common, cfg: torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=cfg.nesterov, **common),
+    "rmsprop": lambda groups, common, cfg: torch.optim.RMSprop(groups, momentum=cfg.momentum, **common),
+}
+
 
 def build_optimizer(param_groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
     """Adam, AdamW, SGD (momentum, optional Nesterov) or RMSprop (momentum) over ``param_groups``.
@@ -31,18 +41,7 @@ def build_optimizer(param_groups: list[dict], cfg: OptimConfig) -> torch.optim.O
     Groups keep their own ``lr`` (e.g. encoders at a multiple of it); ``cfg.lr`` is the
     default for groups without one. Weight decay applies to every group.
     """
-    common = {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
-    if cfg.name == "adam":
-        return torch.optim.Adam(param_groups, **common)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(param_groups, **common)
-    if cfg.name == "sgd":
-        if cfg.nesterov and cfg.momentum == 0:
-            raise ConfigError("optim.nesterov needs optim.momentum > 0 (e.g. 0.9)")
-        return torch.optim.SGD(param_groups, momentum=cfg.momentum, nesterov=cfg.nesterov, **common)
-    if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(param_groups, momentum=cfg.momentum, **common)
-    raise ValueError(f"unknown optimiser {cfg.name!r}")
+    return OPTIMIZERS[cfg.name](param_groups, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}, cfg)
 
 
 class LRSchedule:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from derm.config import flatten_dotted
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -26,25 +27,6 @@ def default_tracking_uri(folder: str | Path) -> str:
     path = Path(folder).resolve() / "mlflow.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
-
-
-def absolute_tracking_uri(uri: str, base_dir: str | Path | None = None) -> str:
-    """A tracking URI that means the same store from any working directory.
-
-    A relative SQLite path (``sqlite:///mlflow.db``) or a plain folder (MLflow's file store)
-    is made absolute against ``base_dir`` (default: the current folder); server URLs
-    (``http://``, ``databricks``, ...) are returned as they are.
-
-    >>> absolute_tracking_uri("sqlite:///runs/mlflow.db", "/home/me")
-    'sqlite:////home/me/runs/mlflow.db'
-    """
-    base = Path(base_dir or Path.cwd()).expanduser()
-    if uri.startswith("sqlite:///"):
-        path = uri.removeprefix("sqlite:///")
-        return "sqlite:///" + os.path.normpath(base / Path(path).expanduser()) if path != ":memory:" else uri
-    if uri.startswith("file:") or "://" in uri or uri == "databricks" or uri.startswith("databricks"):
-        return uri
-    return os.path.normpath(base / Path(uri).expanduser())
 
 
 def is_local_store(uri: str) -> bool:
@@ -66,18 +48,6 @@ def artifact_location(tracking_uri: str) -> str | None:
 def ui_command(tracking_uri: str) -> str:
     """The command that opens the MLflow UI on this store (bound to localhost)."""
     return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
-
-
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'optim': {'lr': 1e-3}} -> {'optim.lr': 1e-3}."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 class RunLogger:
@@ -107,14 +77,14 @@ class RunLogger:
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        items = [Param(k, str(v)[:6000]) for k, v in flatten_dotted(params).items()]
         for start in range(0, len(items), 100):  # MLflow's batch limit
             self.client.log_batch(self.run_id, params=items[start:start + 100])
 
     def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
-        from mlflow.entities import Metric
-
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()

@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from derm._cli import run_command
 from derm.config import RunConfig, load_config
-from derm.errors import DermError
+from derm.errors import ConfigError
+from derm.fit_callbacks import FitCallbacks
 from derm.tracking import RunLogger, default_tracking_uri, ui_command
 
 TABLE_COLUMNS = ("epoch", "train_loss", "val_loss", "score", "balanced_accuracy", "dice",
@@ -45,21 +47,28 @@ def format_row(metrics: dict[str, Any], columns: list[str]) -> str:
     return "  ".join(cells)
 
 
-class ConsoleReporter:
-    """Per-epoch table on stdout, a progress bar on stderr, and the MLflow run."""
+class ConsoleReporter(FitCallbacks):
+    """The command line's callbacks: log lines and a per-epoch table on stdout, a progress bar
+    on stderr (with ``show_progress``), each epoch's metrics to the MLflow run."""
 
-    def __init__(self, mlflow_run: RunLogger | None):
-        self.mlflow_run = mlflow_run
+    def __init__(self, mlflow_run: RunLogger | None, show_progress: bool):
+        self.mlflow_run, self.show_progress = mlflow_run, show_progress
         self.columns: list[str] | None = None
 
-    def progress(self, epoch: int, step: int, steps: int, loss: float) -> None:
+    def log(self, message: str) -> None:
+        print(message)
+
+    def on_step(self, epoch: int, step: int, steps: int, running_loss: float) -> None:
+        if not self.show_progress:
+            return
         width = 30
         filled = int(width * step / steps)
         end = "\n" if step == steps else ""
-        print(f"\repoch {epoch} [{'#' * filled}{'.' * (width - filled)}] {step}/{steps} loss {loss:.4f}",
-              end=end, file=sys.stderr, flush=True)
+        bar = "#" * filled + "." * (width - filled)
+        print(f"\repoch {epoch} [{bar}] {step}/{steps} loss {running_loss:.4f}", end=end, file=sys.stderr,
+              flush=True)
 
-    def __call__(self, metrics: dict[str, Any], checkpoint: Path) -> None:
+    def on_epoch_end(self, metrics: dict[str, Any], latest: Path | None) -> None:
         if self.columns is None:
             self.columns = [c for c in TABLE_COLUMNS if c in metrics]
             print("  ".join(name.rjust(max(len(name), 8)) for name in self.columns))
@@ -70,25 +79,24 @@ class ConsoleReporter:
 
 def run(cfg: RunConfig, resume: str | None = None, use_mlflow: bool = True):
     """Train ``cfg`` with console output and MLflow logging; returns the FitResult."""
-    from derm.training import fit  # torch and friends load only once the config is valid
+    from derm.training import fit
 
     run_dir = cfg.run_dir
     checkpoint = None
     if resume is not None:
         checkpoint = run_dir / "checkpoints" / "latest.pt" if resume == "latest" else Path(resume)
         if not checkpoint.is_file():
-            raise DermError(f"--resume: no checkpoint at {checkpoint}")
+            raise ConfigError(f"--resume: no checkpoint at {checkpoint}")
     mlflow_run = None
     if use_mlflow and cfg.mlflow.enabled:
         uri = cfg.mlflow.tracking_uri or default_tracking_uri(cfg.out_dir)
         mlflow_run = RunLogger(uri, cfg.mlflow.experiment or "derm-train", cfg.name)
         mlflow_run.log_params(cfg.to_dict())
         print(f"MLflow run {mlflow_run.run_id}; open with: {ui_command(uri)}")
-    reporter = ConsoleReporter(mlflow_run)
+    callbacks = ConsoleReporter(mlflow_run, show_progress=sys.stderr.isatty())
     print(f"run folder: {run_dir}")
     try:
-        result = fit(cfg, run_dir, reporter=reporter, resume=checkpoint, log=print,
-                     progress=reporter.progress if sys.stderr.isatty() else None)
+        result = fit(cfg, run_dir, callbacks=callbacks, resume=checkpoint)
     except BaseException:
         if mlflow_run is not None:
             mlflow_run.finish("FAILED")
@@ -105,13 +113,12 @@ def run(cfg: RunConfig, resume: str | None = None, use_mlflow: bool = True):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        run(cfg, resume=args.resume, use_mlflow=not args.no_mlflow)
-    except DermError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: command(args))
+
+
+def command(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, args.overrides)
+    run(cfg, resume=args.resume, use_mlflow=not args.no_mlflow)
 
 
 if __name__ == "__main__":

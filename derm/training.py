@@ -1,9 +1,10 @@
 """The one training loop: ``derm.train``, every sweep trial and retrain-best run this.
 
-Read it top to bottom: build (data, model, loss, optimiser, schedule), then for each
-epoch train, validate, score, checkpoint and report. After every epoch the metrics dict
-goes to a ``reporter`` callback; the sweep's trainable passes Ray Tune's report, the
-command line prints a table and logs to MLflow.
+Read `fit` top to bottom: build (data, model, loss, optimiser, schedule), then for each
+epoch train, validate, score, checkpoint and report. What the run has to say goes to one
+`FitCallbacks` object, as Ray Tune's hooks go to a ``ray.tune.Callback``: the sweep's
+trainable reports each epoch to Ray Tune, the command line prints a table and logs to
+MLflow.
 
 Determinism: every epoch reseeds Python, NumPy and torch from (seed, epoch), and the
 data order and augmentations derive from the same pair. A run resumed from the
@@ -13,31 +14,24 @@ checkpoint of epoch k therefore continues exactly as the uninterrupted run would
 from __future__ import annotations
 
 import math
-import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
-from derm.checkpoint import load_checkpoint, save_checkpoint
-from derm.config import RunConfig, save_config
+from derm.checkpoint import TrainingCheckpoint
+from derm.config import RunConfig, TrainConfig, save_config
 from derm.data.loaders import PreparedData, prepare_data
-from derm.errors import DermError
+from derm.errors import ConfigError, DermError
+from derm.fit_callbacks import FitCallbacks
 from derm.losses import build_loss
 from derm.metrics import make_accumulators, sweep_score
 from derm.models import build_model, count_parameters, param_groups
-from derm.optim import build_optimizer, build_scheduler
-
-# reporter(metrics, checkpoint_path): called once per epoch, after the checkpoint is written;
-# the path is None in epochs that write no "latest" checkpoint (train.checkpoint_every).
-Reporter = Callable[[dict[str, Any], Path | None], None]
-# progress(epoch, step, steps, running_loss): called after every training step.
-Progress = Callable[[int, int, int, float], None]
+from derm.optim import LRSchedule, build_optimizer, build_scheduler
+from derm.runtime import autocast_dtype, seed_everything, select_device
 
 
 class NonFiniteLossError(DermError):
@@ -62,42 +56,48 @@ class FitResult:
         return self.run_dir / "checkpoints" / "latest.pt"
 
 
-def select_device(requested: str) -> torch.device:
-    """cuda, then mps, then cpu for 'auto'; an explicit choice that is absent is an error."""
-    available = {
-        "cuda": torch.cuda.is_available(),
-        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
-        "cpu": True,
-    }
-    if requested == "auto":
-        return torch.device(next(name for name in ("cuda", "mps", "cpu") if available[name]))
-    if not available[requested]:
-        raise DermError(f"train.device: {requested} is not available on this machine (use auto or cpu)")
-    return torch.device(requested)
+@dataclass
+class TrainingParts:
+    """The model and what trains it; each has a state a checkpoint keeps."""
+
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler
+
+    def load_state(self, checkpoint: TrainingCheckpoint) -> None:
+        self.model.load_state_dict(checkpoint.model)
+        self.loss_fn.load_state_dict(checkpoint.loss)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.schedule.load_state_dict(checkpoint.scheduler)
+        if self.scaler.is_enabled() and checkpoint.scaler:
+            # A run resumed under another AMP mode (fp16 <-> bf16/off) starts a fresh scale.
+            self.scaler.load_state_dict(checkpoint.scaler)
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA only: bf16 where supported, else fp16; None means fp32."""
-    if device.type != "cuda" or amp == "off":
-        return None
-    if amp == "auto":
-        # V100 and T4 only emulate bf16 (slower than fp32); is_bf16_supported() says True for
-        # them unless emulation is excluded. They get fp16 with a GradScaler instead.
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+@dataclass
+class RunRecord:
+    """The epochs done so far: their metrics and the best of them."""
 
+    epoch: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
-def without_pretrained_weights(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with ``model.encoder_weights: null``: for a model whose weights come from a checkpoint."""
-    cfg = cfg.model_copy(deep=True)
-    cfg.model.encoder_weights = None
-    return cfg
+    @classmethod
+    def from_checkpoint(cls, checkpoint: TrainingCheckpoint) -> RunRecord:
+        return cls(checkpoint.epoch, checkpoint.best_score, checkpoint.best_epoch,
+                   checkpoint.best_metrics, checkpoint.history)
 
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    def add(self, metrics: dict[str, Any], score: float, scored: bool) -> None:
+        """Record an epoch's ``metrics``; without a ``scored`` split every epoch is the best so far (the last)."""
+        self.history.append(metrics)
+        self.epoch = metrics["epoch"]
+        if not scored or score > self.best_score:
+            self.best_score, self.best_epoch, self.best_metrics = score, self.epoch, dict(metrics)
+        metrics["best_score"], metrics["best_epoch"] = self.best_score, self.best_epoch
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -108,22 +108,24 @@ def fit(
     cfg: RunConfig,
     run_dir: str | Path,
     *,
-    reporter: Reporter | None = None,
+    callbacks: FitCallbacks | None = None,
     resume: str | Path | None = None,
     data: PreparedData | None = None,
-    split=None,
+    split: pd.Series | None = None,
     train_on: tuple[str, ...] = ("train",),
     evaluate_on: str | None = "val",
-    log: Callable[[str], None] = lambda message: None,
-    progress: Progress | None = None,
 ) -> FitResult:
     """Train ``cfg`` for ``cfg.train.epochs`` epochs, evaluating on ``evaluate_on`` each epoch.
 
     Writes ``config.yaml``, ``split.csv``, ``history.csv`` (one row per epoch, rewritten
-    each epoch) and ``checkpoints/{latest,best}.pt`` under ``run_dir``. ``resume`` is a
-    checkpoint to continue from (its epoch, optimiser and schedule). ``train_on=("train", "val"), evaluate_on="test"`` is retrain-best's
-    final fit; a sweep never passes "test".
+    each epoch) and ``checkpoints/{latest,best}.pt`` under ``run_dir``, and tells
+    ``callbacks`` (a `FitCallbacks`) its log lines, each step and each epoch's metrics.
+    ``resume`` is a latest.pt to continue from (its epoch, optimiser, schedule and split).
+    ``split`` (image_id -> "train" / "val" / "test") overrides the config's split.
+    ``train_on=("train", "val"), evaluate_on=None`` is retrain-best's final fit; a sweep
+    never passes "test".
     """
+    callbacks = FitCallbacks() if callbacks is None else callbacks
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -134,21 +136,80 @@ def fit(
     device = select_device(cfg.train.device)
     amp_dtype = autocast_dtype(cfg.train.amp, device)
 
-    state = load_checkpoint(resume, map_location=device) if resume is not None else None
-    if split is None and state is not None and state.get("split"):
+    state = load_resume_checkpoint(resume, device) if resume is not None else None
+    if split is None and state is not None and state.split:
         # A resumed run continues on the images it started with, whatever the config's
         # split settings or the data folder say now.
-        split = pd.Series(state["split"], name="split").rename_axis("image_id")
+        split = pd.Series(state.split, name="split").rename_axis("image_id")
     if data is None:
         data = prepare_data(cfg, run_dir=run_dir, split=split, train_on=train_on,
-                            evaluate_on=() if evaluate_on is None else (evaluate_on,), device=device, log=log)
+                            evaluate_on=() if evaluate_on is None else (evaluate_on,), device=device,
+                            log=callbacks.log)
     train_loader = data.loaders["train"]
     eval_loader = None if evaluate_on is None else data.loaders[evaluate_on]
 
     # A resumed run loads its weights from the checkpoint: fetching pretrained ones first
     # would only need a network that compute nodes often lack.
-    model = build_model(without_pretrained_weights(cfg) if resume is not None else cfg).to(device)
-    parameters_m = count_parameters(model) / 1e6
+    parts = build_training_parts(cfg, data, device, amp_dtype, pretrained=state is None)
+    parameters_m = count_parameters(parts.model) / 1e6
+    record = RunRecord()
+    if state is not None:
+        parts.load_state(state)
+        record = RunRecord.from_checkpoint(state)
+        callbacks.log(f"resumed from {resume} after epoch {record.epoch}")
+
+    for epoch in range(record.epoch, cfg.train.epochs):
+        seed_everything(epoch_seed(cfg.train.seed, epoch))
+        data.set_epoch(epoch_seed(cfg.train.seed, epoch))
+        started = time.perf_counter()
+        train_losses, seen = train_one_epoch(parts.model, parts.loss_fn, parts.optimizer, parts.schedule,
+                                             parts.scaler, train_loader, cfg, device, amp_dtype, epoch, callbacks)
+        train_seconds = time.perf_counter() - started
+        if eval_loader is None:
+            # No split to score: the epoch count alone picks the model (the last one), and a
+            # plateau schedule watches the training loss instead (negated: its mode is max).
+            val_metrics, score = {}, math.nan
+            parts.schedule.after_epoch(-train_losses["loss"])
+        else:
+            val_metrics = evaluate(parts.model, eval_loader, cfg.task, device, amp_dtype, parts.loss_fn,
+                                   epoch=epoch + 1)
+            score = sweep_score(val_metrics, cfg.task, cfg.train.score_weights)
+            parts.schedule.after_epoch(score)
+
+        metrics = {
+            "epoch": epoch + 1,
+            **({} if eval_loader is None else {"score": score}),
+            **val_metrics,
+            **{f"train_{name}": value for name, value in train_losses.items()},
+            "lr": parts.schedule.current_lr(),
+            "params_m": parameters_m,
+            "epoch_seconds": time.perf_counter() - started,
+            "images_per_second": seen / train_seconds if train_seconds > 0 else 0.0,
+        }
+        record.add(metrics, score, scored=eval_loader is not None)
+        pd.DataFrame(record.history).to_csv(run_dir / "history.csv", index=False)
+        checkpoint = training_checkpoint(parts, record, cfg, data)
+        latest = write_checkpoints(checkpoint, run_dir / "checkpoints", cfg.train)
+        callbacks.on_epoch_end(metrics, latest)
+
+    last_metrics = record.history[-1] if record.history else {}
+    return FitResult(run_dir, record.best_epoch, record.best_score, record.best_metrics, last_metrics,
+                     record.history)
+
+
+def load_resume_checkpoint(path: str | Path, device: torch.device) -> TrainingCheckpoint:
+    """The checkpoint a run resumes from: a latest.pt, which alone holds the optimiser's state."""
+    checkpoint = TrainingCheckpoint.load(path, map_location=device)
+    if checkpoint.optimizer is None:
+        raise ConfigError(f"{path}: holds no optimiser state (best.pt and retrain-best's model.pt are for "
+                          f"inference); resume from the run's checkpoints/latest.pt")
+    return checkpoint
+
+
+def build_training_parts(cfg: RunConfig, data: PreparedData, device: torch.device,
+                         amp_dtype: torch.dtype | None, pretrained: bool) -> TrainingParts:
+    """The model (pretrained encoder weights if ``pretrained``), loss, optimiser, schedule and AMP scaler."""
+    model = build_model(cfg, pretrained=pretrained).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg, data.class_counts, data.attribute_positive_fraction).to(device)
@@ -157,91 +218,47 @@ def fit(
     if extra:
         groups.append({"params": extra, "lr": cfg.optim.lr})
     optimizer = build_optimizer(groups, cfg.optim)
-    steps_per_epoch = max(1, math.ceil(len(train_loader) / cfg.train.grad_accum_steps))
+    steps_per_epoch = max(1, math.ceil(len(data.loaders["train"]) / cfg.train.grad_accum_steps))
     schedule = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    start_epoch, best_score, best_epoch, best_metrics, history = 0, -math.inf, -1, {}, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        loss_fn.load_state_dict(state["loss"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        if scaler.is_enabled() and state["scaler"]:
-            # A run resumed under another AMP mode (fp16 <-> bf16/off) starts a fresh scale.
-            scaler.load_state_dict(state["scaler"])
-        start_epoch = state["epoch"]
-        best_score, best_epoch = state["best_score"], state["best_epoch"]
-        best_metrics, history = state["best_metrics"], state["history"]
-        log(f"resumed from {resume} after epoch {start_epoch}")
-
-    score_weights = cfg.train.score_weights
-    metrics: dict[str, Any] = history[-1] if history else {}
-    for epoch in range(start_epoch, cfg.train.epochs):
-        seed_everything(epoch_seed(cfg.train.seed, epoch))
-        data.set_epoch(epoch_seed(cfg.train.seed, epoch))
-        started = time.perf_counter()
-        train_parts, seen = train_one_epoch(
-            model, loss_fn, optimizer, schedule, scaler, train_loader, cfg, device, amp_dtype, epoch, progress)
-        train_seconds = time.perf_counter() - started
-        if eval_loader is None:
-            # No split to score: the epoch count alone picks the model (the last one), and a
-            # plateau schedule watches the training loss instead (negated: its mode is max).
-            val_metrics, score = {}, math.nan
-            schedule.after_epoch(-train_parts["loss"])
-        else:
-            val_metrics = evaluate(model, eval_loader, cfg.task, device, amp_dtype, loss_fn, epoch=epoch + 1)
-            score = sweep_score(val_metrics, cfg.task, score_weights)
-            schedule.after_epoch(score)
-
-        metrics = {
-            "epoch": epoch + 1,
-            **({} if eval_loader is None else {"score": score}),
-            **val_metrics,
-            **{f"train_{name}": value for name, value in train_parts.items()},
-            "lr": schedule.current_lr(),
-            "params_m": parameters_m,
-            "epoch_seconds": time.perf_counter() - started,
-            "images_per_second": seen / train_seconds if train_seconds > 0 else 0.0,
-        }
-        history.append(metrics)
-        if eval_loader is None or score > best_score:
-            best_score, best_epoch, best_metrics = score, epoch + 1, dict(metrics)
-        metrics["best_score"], metrics["best_epoch"] = best_score, best_epoch
-
-        payload = {
-            "model": model.state_dict(),
-            "loss": loss_fn.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": schedule.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch + 1,
-            "best_score": best_score,
-            "best_epoch": best_epoch,
-            "best_metrics": best_metrics,
-            "history": history,
-            "metrics": metrics,
-            "config": cfg.to_dict(),
-            "split": data.split_records(),
-        }
-        pd.DataFrame(history).to_csv(run_dir / "history.csv", index=False)
-        checkpoints = run_dir / "checkpoints"
-        latest = None
-        if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
-            latest = save_checkpoint(payload, checkpoints / "latest.pt")
-        if best_epoch == epoch + 1:
-            # The best checkpoint is for inference: no optimiser state, a third of the size.
-            save_checkpoint({k: v for k, v in payload.items() if k not in ("optimizer", "scaler")},
-                            checkpoints / "best.pt")
-        if reporter is not None:
-            reporter(metrics, latest)
-
-    return FitResult(run_dir, best_epoch, best_score, best_metrics, metrics, history)
+    return TrainingParts(model, loss_fn, optimizer, schedule, scaler)
 
 
-def train_one_epoch(model, loss_fn, optimizer, schedule, scaler, loader, cfg: RunConfig,
-                    device, amp_dtype, epoch: int, progress: Progress | None = None,
-                    ) -> tuple[dict[str, float], int]:
+def training_checkpoint(parts: TrainingParts, record: RunRecord, cfg: RunConfig,
+                        data: PreparedData) -> TrainingCheckpoint:
+    """Everything a resumed run needs to continue after ``record``'s last epoch."""
+    return TrainingCheckpoint(
+        model=parts.model.state_dict(),
+        config=cfg.to_dict(),
+        epoch=record.epoch,
+        split=data.split_records(),
+        history=record.history,
+        metrics=record.history[-1],
+        best_score=record.best_score,
+        best_epoch=record.best_epoch,
+        best_metrics=record.best_metrics,
+        loss=parts.loss_fn.state_dict(),
+        scheduler=parts.schedule.state_dict(),
+        optimizer=parts.optimizer.state_dict(),
+        scaler=parts.scaler.state_dict(),
+    )
+
+
+def write_checkpoints(checkpoint: TrainingCheckpoint, folder: Path, train: TrainConfig) -> Path | None:
+    """latest.pt every ``train.checkpoint_every`` epochs and after the last, best.pt when the epoch is the best.
+
+    Returns the latest.pt written, or None in an epoch that writes none.
+    """
+    latest = None
+    if checkpoint.epoch % train.checkpoint_every == 0 or checkpoint.epoch == train.epochs:
+        latest = checkpoint.save(folder / "latest.pt")
+    if checkpoint.best_epoch == checkpoint.epoch:
+        checkpoint.for_inference().save(folder / "best.pt")
+    return latest
+
+
+def train_one_epoch(model, loss_fn, optimizer, schedule, scaler, loader, cfg: RunConfig, device, amp_dtype,
+                    epoch: int, callbacks: FitCallbacks) -> tuple[dict[str, float], int]:
     """One pass over the training data; returns the mean loss parts and the image count."""
     model.train()
     accum = cfg.train.grad_accum_steps
@@ -252,7 +269,7 @@ def train_one_epoch(model, loss_fn, optimizer, schedule, scaler, loader, cfg: Ru
         batch = move_batch(batch, device, cfg.train.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             outputs = model(batch["image"])
-            loss, parts = loss_fn(outputs, batch)
+            loss, loss_parts = loss_fn(outputs, batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} "
@@ -269,17 +286,16 @@ def train_one_epoch(model, loss_fn, optimizer, schedule, scaler, loader, cfg: Ru
         n = batch["image"].shape[0]
         seen += n
         sums["loss"] = sums.get("loss", 0.0) + loss.item() * n
-        for name, value in parts.items():
+        for name, value in loss_parts.items():
             sums[name] = sums.get(name, 0.0) + float(value) * n
-        if progress is not None:
-            progress(epoch + 1, step + 1, len(loader), sums["loss"] / seen)
+        callbacks.on_step(epoch + 1, step + 1, len(loader), sums["loss"] / seen)
     return {name: total / max(seen, 1) for name, total in sums.items()}, seen
 
 
 @torch.no_grad()
 def predict_batches(model, loader, device, amp_dtype=None, channels_last: bool = False,
                     forward_seconds: list[float] | None = None):
-    """Yield (batch, outputs, probabilities): sigmoid masks under "seg", softmax under "cls".
+    """Yield (batch, outputs, probabilities): the model's outputs and their `output_probabilities`.
 
     ``forward_seconds``, when given, collects each batch's model time (data loading excluded).
     """
@@ -293,12 +309,17 @@ def predict_batches(model, loader, device, amp_dtype=None, channels_last: bool =
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             forward_seconds.append(time.perf_counter() - started)
-        probs = {}
-        if "seg" in outputs:
-            probs["seg"] = torch.sigmoid(outputs["seg"].float())
-        if "cls" in outputs:
-            probs["cls"] = torch.softmax(outputs["cls"].float(), dim=1)
-        yield batch, outputs, probs
+        yield batch, outputs, output_probabilities(outputs)
+
+
+def output_probabilities(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's logits as float32 probabilities: sigmoid masks under "seg", softmax classes under "cls"."""
+    probs = {}
+    if "seg" in outputs:
+        probs["seg"] = torch.sigmoid(outputs["seg"].float())
+    if "cls" in outputs:
+        probs["cls"] = torch.softmax(outputs["cls"].float(), dim=1)
+    return probs
 
 
 @torch.no_grad()

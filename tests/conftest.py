@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from derm.data.synth import write_synthetic_dataset
+from derm.data.synthetic import write_synthetic_dataset
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -47,6 +47,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that run a sweep (here or through `finished_sweep`) are `slow`: -m "not slow" skips them."""
+    for item in items:
+        if "finished_sweep" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def finished_sweep(ham_demo, tmp_path_factory):
     """A finished multitask sweep folder on ``ham_demo``, run by ``python -m derm.sweep``.
@@ -57,21 +64,12 @@ def finished_sweep(ham_demo, tmp_path_factory):
     import subprocess
     import sys
 
-    import yaml
+    from spaces import FAILING_ENCODER, write_space
 
     folder = tmp_path_factory.mktemp("finished-sweep")
-    space = {
-        "name": "finished",
-        "task": "multitask",
-        "data": {"root": str(ham_demo), "image_size": 32, "augment": "none"},
-        "model": {"arch": "Unet", "encoder": {"choice": ["resnet18", "mobilenet_v2", "tu-not_a_timm_model"]},
-                  "encoder_weights": None},
-        "optim": {"lr": 1e-3},
-        "train": {"epochs": 2, "batch_size": 16},
-        "sweep": {"search": "grid", "scheduler": "fifo", "max_concurrent": 2, "resources": {"cpu": 1, "gpu": 0}},
-    }
-    (folder / "finished.yaml").write_text(yaml.safe_dump(space))
-    done = subprocess.run([sys.executable, "-m", "derm.sweep", str(folder / "finished.yaml"),
+    space = write_space(folder, ham_demo, "finished", encoders=("resnet18", "mobilenet_v2", FAILING_ENCODER),
+                        max_concurrent=2)
+    done = subprocess.run([sys.executable, "-m", "derm.sweep", str(space),
                            "--out", str(folder / "sweeps"), "--dashboard-port", str(free_port())],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -83,7 +81,10 @@ def finished_sweep(ham_demo, tmp_path_factory):
 def official_classification(monkeypatch):
     """The official isic-challenge-scoring Task 3 scorer: (truth_csv, pred_csv) -> its score."""
     import pandas as pd
-    from isic_challenge_scoring.classification import ClassificationMetric, ClassificationScore
+    from isic_challenge_scoring.classification import (
+        ClassificationMetric,
+        ClassificationScore,
+    )
 
     # isic-challenge-scoring 5.6 calls DataFrame.applymap, which pandas 3 removed.
     if not hasattr(pd.DataFrame, "applymap"):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from derm.data import cache as cache_module
 from derm.data.cache import build_cache, cache_key, default_cache_dir, open_cache
-from derm.data.check import inspect_sample
+from derm.data.decoding import inspect_sample
 
 SIZE = 32
 MASKS = ["lesion_mask_path", "attribute_globules_path"]

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from derm.data.check import check_table, decode_image, drop_bad_rows, inspect_sample, main
+from derm.data.check import main
+from derm.data.decoding import check_table, decode_image, drop_bad_rows, inspect_sample
 from derm.data.formats import load_table
 from derm.data.problems import Problem
 from derm.errors import DataError

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 from derm.data.cache import build_cache
 from derm.data.dataset import DermDataset, class_balanced_sampler, labels_from_diagnosis
 from derm.data.formats import load_table
-from derm.data.synth import write_synthetic_dataset
+from derm.data.synthetic import write_synthetic_dataset
 from derm.data.transforms import eval_transform, train_transform
 from derm.errors import DataError
 from derm.labels import CLASSES

@@ -13,9 +13,10 @@ from isic_challenge_scoring.segmentation import SegmentationScore
 from PIL import Image
 
 from derm.errors import DataError
-from derm.evaluate import main, score_task1, score_task2, score_task3
+from derm.evaluate import main
 from derm.labels import ATTRIBUTES, CLASSES
 from derm.metrics import UNDECIDED, predicted_labels
+from derm.scoring import score_task1, score_task2, score_task3
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,17 +7,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
-from derm.data.formats import COLUMNS, LAYOUTS, LesionIdsMissingWarning, detect_layout, load_table
-from derm.data.problems import Problem
-from derm.errors import DataError
-from derm.labels import ATTRIBUTES
-
 from layouts import (
     HAM, HAM_IDS, HAM_TRUTH, ISIC, ISIC_IDS, build_ham10000, build_isic2018_task1_3, build_isic2018_task2,
     build_kaggle, link,
 )
+from PIL import Image
+
+from derm.data.formats import COLUMNS, LAYOUTS, LesionIdsMissingWarning, detect_layout, load_table
+from derm.data.problems import Problem
+from derm.errors import ConfigError, DataError
+from derm.labels import ATTRIBUTES
 
 
 def load_quietly(root, layout="auto") -> pd.DataFrame:
@@ -151,7 +150,7 @@ def test_folder_matching_no_layout_lists_what_is_expected_and_found(tmp_path):
 
 
 def test_missing_root_is_named(tmp_path):
-    with pytest.raises(DataError, match=f"dataset folder {tmp_path / 'nowhere'} does not exist"):
+    with pytest.raises(ConfigError, match=f"dataset folder {tmp_path / 'nowhere'} does not exist"):
         load_table(tmp_path / "nowhere")
 
 

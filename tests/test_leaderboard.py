@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from derm.leaderboard import main, rank_trials
-from derm.leaderboard_export import markdown_table, parse_formats
-from derm.leaderboard_table import annotate, caption, pareto_front
+from derm.leaderboard import main
 from derm.search_space import build_search_space
-from derm.sweep_plots import best_so_far
+from derm.sweep.board import rank_trials
+from derm.sweep.export import markdown_table, parse_formats
+from derm.sweep.plots import best_so_far
+from derm.sweep.table import annotate, caption, pareto_front
 
 NAN = float("nan")
 
@@ -196,7 +197,7 @@ def test_command_in_a_subprocess_keeps_the_top_rows(finished_sweep, tmp_path):
     assert "3 trials" in (out / "leaderboard.md").read_text()
 
 
-def test_errors_are_one_line_with_exit_code_2(finished_sweep, tmp_path, capsys):
+def test_errors_are_one_line_usage_mistakes_exit_2_a_sweep_without_trials_1(finished_sweep, tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "is not a derm sweep folder" in capsys.readouterr().err
 
@@ -204,7 +205,7 @@ def test_errors_are_one_line_with_exit_code_2(finished_sweep, tmp_path, capsys):
     not_started.mkdir()
     for name in ("sweep.json", "search_space.yaml"):
         (not_started / name).write_text((finished_sweep / name).read_text())
-    assert main([str(not_started), "--out", str(tmp_path / "out")]) == 2
+    assert main([str(not_started), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "no trials" in err and err.count("\n") == 1
 

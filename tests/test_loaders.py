@@ -4,14 +4,15 @@ import math
 import shutil
 
 import pytest
+from layouts import HAM_IDS, build_isic2018_task1_3
 
 from derm.config import config_from_dict
 from derm.data.formats import load_table
 from derm.data.loaders import prepare_data
 from derm.data.splits import make_split
 from derm.errors import DataError
+from derm.fit_callbacks import LogOnly
 from derm.training import fit
-from layouts import HAM_IDS, build_isic2018_task1_3
 
 # ISIC 2018 folders have no lesion ids; derm says so once per load, which is not under test here.
 pytestmark = pytest.mark.filterwarnings("ignore::derm.data.formats.LesionIdsMissingWarning")
@@ -68,7 +69,7 @@ def test_multitask_on_the_isic2018_task1_3_layout_trains_each_head_on_the_images
     root = build_isic2018_task1_3(tmp_path / "ISIC2018", task3_ids=HAM_IDS)
     said = []
     cfg = config(root, val_fraction=0.3, test_fraction=0.1)
-    result = fit(cfg, tmp_path / "run", log=said.append)
+    result = fit(cfg, tmp_path / "run", callbacks=LogOnly(said.append))
     assert any(line == "multitask: of 20 images, 6 have a lesion mask (segmentation loss and Dice) "
                "and 14 a diagnosis (classification loss and accuracy)" for line in said), said
     metrics = result.last_metrics

@@ -11,7 +11,11 @@ from derm.config import SEG_LOSSES, config_from_dict
 from derm.errors import ConfigError
 from derm.labels import ATTRIBUTES, CLASSES
 from derm.losses import (
-    ClassificationLoss, SegmentationLoss, attribute_pos_weights, build_loss, inverse_frequency_weights,
+    ClassificationLoss,
+    SegmentationLoss,
+    attribute_pos_weights,
+    build_loss,
+    inverse_frequency_weights,
 )
 
 
@@ -225,5 +229,12 @@ def test_half_precision_outputs_are_scored_in_float32():
 
 
 def test_tversky_needs_some_weight():
-    with pytest.raises(ConfigError, match="tversky_alpha"):
-        build_loss(make_cfg("segmentation", seg="tversky", tversky_alpha=0.0, tversky_beta=0.0))
+    with pytest.raises(ConfigError, match="tversky_alpha"):  # at load, before a loss is built
+        make_cfg("segmentation", seg="tversky", tversky_alpha=0.0, tversky_beta=0.0)
+
+
+def test_every_segmentation_loss_the_config_allows_is_one_registry_entry():
+    from derm.config import SEG_LOSSES
+    from derm.losses import SEGMENTATION_LOSSES
+
+    assert set(SEGMENTATION_LOSSES) == set(SEG_LOSSES)

@@ -14,7 +14,13 @@ from derm.errors import ConfigError
 from derm.labels import ATTRIBUTES, CLASSES
 from derm.model_names import ARCHITECTURES
 from derm.models import (
-    MultiscaleHead, PooledHead, build_model, count_parameters, encoder_label, model_label, param_groups,
+    MultiscaleHead,
+    PooledHead,
+    build_model,
+    count_parameters,
+    encoder_label,
+    model_label,
+    param_groups,
 )
 
 TINY = "tu-mobilenetv3_small_050"  # builds in ~0.1 s without weights

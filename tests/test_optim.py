@@ -173,8 +173,9 @@ def test_optimisers_get_their_settings():
 
 
 def test_config_mistakes_are_config_errors():
-    with pytest.raises(ConfigError, match="optim.nesterov needs optim.momentum > 0"):
-        build_optimizer([torch.nn.Parameter(torch.zeros(1))], OptimConfig(name="sgd", momentum=0.0, nesterov=True))
+    # Found when the config is loaded, before an optimiser is built.
+    with pytest.raises(ConfigError, match="a.yaml: optim.nesterov needs optim.momentum > 0"):
+        config_from_dict({"optim": {"name": "sgd", "momentum": 0.0, "nesterov": True}}, "a.yaml")
     cfg = OptimConfig(warmup_epochs=5)
     with pytest.raises(ConfigError, match=r"optim.warmup_epochs \(5\) must be less than train.epochs \(5\)"):
         build_scheduler(make_optimizer(cfg), cfg, epochs=5, steps_per_epoch=2)
@@ -183,3 +184,12 @@ def test_config_mistakes_are_config_errors():
     cfg = OptimConfig(scheduler="plateau", gamma=1.0)
     with pytest.raises(ConfigError, match="optim.gamma must be < 1 for scheduler plateau"):
         build_scheduler(make_optimizer(cfg), cfg, epochs=5, steps_per_epoch=2)
+
+
+def test_every_optimiser_the_config_allows_is_one_registry_entry():
+    from typing import get_args
+
+    from derm.config import OptimConfig as Config
+    from derm.optim import OPTIMIZERS
+
+    assert set(OPTIMIZERS) == set(get_args(Config.model_fields["name"].annotation))

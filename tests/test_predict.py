@@ -14,11 +14,12 @@ from PIL import Image
 
 from derm.checkpoint import load_checkpoint, save_checkpoint
 from derm.config import config_from_dict
-from derm.evaluate import score_task1, score_task2, score_task3
 from derm.inference import TTA_FLIPS, Predictor
 from derm.labels import ATTRIBUTES, CLASSES
 from derm.predict import main
-from derm.sweep import load_plan
+from derm.scoring import score_task1, score_task2, score_task3
+from derm.submission import predict_folder
+from derm.sweep.plan import load_plan
 from derm.training import fit
 
 REAL = Path(__file__).resolve().parent / "data" / "real"
@@ -111,8 +112,8 @@ def test_multitask_cli_writes_masks_csv_and_overlays_at_original_sizes(multitask
 
 def test_attribute_model_writes_the_five_task2_masks(attributes_checkpoint, mixed_folder, tmp_path):
     out = tmp_path / "out"
-    result = Predictor.from_checkpoint(attributes_checkpoint, device="cpu").predict_folder(
-        mixed_folder, out, overlays=False, log=lambda line: None)
+    predictor = Predictor.from_checkpoint(attributes_checkpoint, device="cpu")
+    result = predict_folder(predictor, mixed_folder, out, overlays=False, log=lambda line: None)
     sizes = image_sizes(mixed_folder)
     assert sorted(result.predicted) == sorted(sizes) and not result.skipped
     for image_id, size in sizes.items():
@@ -124,7 +125,7 @@ def test_attribute_model_writes_the_five_task2_masks(attributes_checkpoint, mixe
 
 def test_predicted_lesion_masks_score_as_the_official_scorer_does(multitask_predictor, tmp_path):
     out = tmp_path / "out"
-    multitask_predictor.predict_folder(ISIC_IMAGES, out, overlays=False, log=lambda line: None)
+    predict_folder(multitask_predictor, ISIC_IMAGES, out, overlays=False, log=lambda line: None)
     truth = REAL / "isic2018" / "task1_masks"
     official = SegmentationScore.from_dir(truth, out)
     ours = score_task1(truth, out)
@@ -136,8 +137,8 @@ def test_predicted_lesion_masks_score_as_the_official_scorer_does(multitask_pred
 
 def test_predicted_attribute_masks_score_as_the_official_scorer_does(attributes_checkpoint, tmp_path):
     out = tmp_path / "out"
-    Predictor.from_checkpoint(attributes_checkpoint, device="cpu").predict_folder(
-        ISIC_IMAGES, out, overlays=False, log=lambda line: None)
+    predictor = Predictor.from_checkpoint(attributes_checkpoint, device="cpu")
+    predict_folder(predictor, ISIC_IMAGES, out, overlays=False, log=lambda line: None)
     # The real sample has pigment network truth only; the other attributes are truly absent there.
     truth = tmp_path / "truth"
     shutil.copytree(REAL / "isic2018" / "task2_masks", truth)
@@ -156,7 +157,7 @@ def test_predicted_attribute_masks_score_as_the_official_scorer_does(attributes_
 def test_predicted_diagnoses_score_as_the_official_scorer_does(multitask_predictor, tmp_path,
                                                                official_classification):
     out = tmp_path / "out"
-    result = multitask_predictor.predict_folder(HAM_IMAGES, out, overlays=False, log=lambda line: None)
+    result = predict_folder(multitask_predictor, HAM_IMAGES, out, overlays=False, log=lambda line: None)
     truth = pd.read_csv(REAL / "ham10000" / "ISIC2018_Task3_Training_GroundTruth.csv")
     truth = truth[truth["image"].isin(result.predicted)]
     assert len(truth) == len(list(HAM_IMAGES.glob("*.jpg"))) == 14
@@ -262,18 +263,19 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
 
 def test_non_derm_files_are_one_line(multitask_checkpoint, tmp_path, capsys):
     (tmp_path / "notes.pt").write_text("not a checkpoint\n")
-    assert main([str(tmp_path / "notes.pt"), str(ISIC_IMAGES), "--out", str(tmp_path / "out")]) == 2
+    # A file that is there but unusable is a data failure (1); a path to nothing a usage mistake (2).
+    assert main([str(tmp_path / "notes.pt"), str(ISIC_IMAGES), "--out", str(tmp_path / "out")]) == 1
     assert_one_error_line(capsys, "notes.pt", "cannot be loaded as a derm checkpoint")
 
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
-    assert main([str(tmp_path / "other.pt"), str(ISIC_IMAGES), "--out", str(tmp_path / "out")]) == 2
+    assert main([str(tmp_path / "other.pt"), str(ISIC_IMAGES), "--out", str(tmp_path / "out")]) == 1
     assert_one_error_line(capsys, "other.pt", "not a derm checkpoint")
 
     # A derm checkpoint whose config names another encoder than its weights were trained with.
     payload = load_checkpoint(multitask_checkpoint)
     payload["config"]["model"]["encoder"] = "mobilenet_v2"
     save_checkpoint(payload, tmp_path / "mismatch.pt")
-    assert main([str(tmp_path / "mismatch.pt"), str(ISIC_IMAGES), "--out", str(tmp_path / "out")]) == 2
+    assert main([str(tmp_path / "mismatch.pt"), str(ISIC_IMAGES), "--out", str(tmp_path / "out")]) == 1
     assert_one_error_line(capsys, "mismatch.pt", "do not fit")
 
 
@@ -281,7 +283,7 @@ def test_folder_without_images_is_one_line(multitask_checkpoint, tmp_path, capsy
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "README.txt").write_text("no images here\n")
-    assert main([str(multitask_checkpoint), str(empty), "--out", str(tmp_path / "out")]) == 2
+    assert main([str(multitask_checkpoint), str(empty), "--out", str(tmp_path / "out")]) == 1
     assert_one_error_line(capsys, "empty", "no JPEG or PNG images")
     assert main([str(multitask_checkpoint), str(tmp_path / "absent"), "--out", str(tmp_path / "out")]) == 2
     assert_one_error_line(capsys, "absent", "no such image folder")
@@ -290,7 +292,7 @@ def test_folder_without_images_is_one_line(multitask_checkpoint, tmp_path, capsy
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_absent_device_is_one_line(multitask_checkpoint, tmp_path, capsys):
     assert main([str(multitask_checkpoint), str(ISIC_IMAGES), "--out", str(tmp_path / "out"), "--device", "cuda"]) == 2
-    assert_one_error_line(capsys, "device cuda is not available")
+    assert_one_error_line(capsys, "--device: cuda is not available")
 
 
 def test_corrupt_images_are_named_and_the_others_predicted(multitask_checkpoint, tmp_path, capsys):

@@ -18,12 +18,19 @@ def test_ci_runs_the_readme_commands_verbatim():
     assert "pytest" in ci_lines[-1]
 
 
+def command_module(name: str):
+    """What ``python -m name`` runs: the module, or a package's ``__main__``."""
+    module = importlib.import_module(name)
+    if hasattr(module, "__path__"):
+        module = importlib.import_module(f"{name}.__main__")
+    return module
+
+
 def test_every_command_in_the_readme_is_a_module_with_a_main():
     modules = set(re.findall(r"python -m (derm(?:\.\w+)+)", README))
     assert {"derm.sweep", "derm.train", "derm.data.check", "derm.data.synth", "derm.evaluate"} <= modules
     for name in modules:
-        module = importlib.import_module(name)
-        assert callable(getattr(module, "main", None)), name
+        assert callable(getattr(command_module(name), "main", None)), name
 
 
 def documented_commands(module: str) -> list[tuple[str, list[str]]]:
@@ -71,7 +78,7 @@ def test_every_option_the_readme_shows_exists():
     import io
 
     for name in set(re.findall(r"python -m (derm(?:\.\w+)+)", README)):
-        module = importlib.import_module(name)
+        module = command_module(name)
         shown = {option for line in README.splitlines() if f"python -m {name} " in line
                  for option in re.findall(r"(--[a-z][\w-]*)", line)}
         if not shown:
@@ -80,3 +87,17 @@ def test_every_option_the_readme_shows_exists():
             module.main(["--help"])
         for option in shown:
             assert option in usage.getvalue(), f"python -m {name} does not take {option}"
+
+
+def test_the_readme_warns_that_resume_and_the_leaderboard_unpickle_ray_state():
+    # Ray Tune stores its experiment state with pickle; opening a sweep folder runs it.
+    paragraph = next(p for p in README.split("\n\n") if "pickle" in p)
+    assert "--resume" in paragraph and "derm.leaderboard" in paragraph and "trust" in paragraph
+    import contextlib
+    import io
+
+    from derm.sweep.__main__ import parse_args
+
+    with contextlib.redirect_stdout(io.StringIO()) as usage, contextlib.suppress(SystemExit):
+        parse_args(["--help"])
+    assert "trust" in usage.getvalue()  # --resume's own help says it too

@@ -12,8 +12,13 @@ import pytest
 from derm.config import RunConfig
 from derm.errors import ConfigError
 from derm.search_space import (
-    DEMO_OVERRIDES, apply_demo, build_searcher, load_search_space, resolve_trial_config,
-    tpe_startup_trials, trial_overrides,
+    DEMO_OVERRIDES,
+    apply_demo,
+    build_searcher,
+    load_search_space,
+    resolve_trial_config,
+    tpe_startup_trials,
+    trial_overrides,
 )
 
 REPO = Path(__file__).resolve().parent.parent

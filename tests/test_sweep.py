@@ -13,23 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from spaces import FAILING_ENCODER, write_space
 
 
-def write_space(tmp_path, data_root, **sweep):
-    space = {
-        "name": "tiny",
-        "task": "multitask",
-        "data": {"root": str(data_root), "image_size": 32, "augment": "none"},
-        "model": {"arch": "Unet", "encoder": {"choice": ["resnet18", "mobilenet_v2", "tu-not_a_timm_model"]},
-                  "encoder_weights": None},
-        "optim": {"lr": 1e-3},
-        "train": {"epochs": 2, "batch_size": 16},
-        "sweep": {"search": "grid", "scheduler": "fifo", "max_concurrent": 2,
-                  "resources": {"cpu": 1, "gpu": 0}, **sweep},
-    }
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
+def tiny_space(tmp_path, data_root, **sweep):
+    return write_space(tmp_path, data_root, "tiny", encoders=("resnet18", "mobilenet_v2", FAILING_ENCODER),
+                       max_concurrent=2, **sweep)
 
 
 def auth_token() -> str | None:
@@ -50,8 +39,9 @@ def read_dashboard(url: str) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 def test_sweep_with_a_failing_trial_marks_it_failed_and_completes_the_others(ham_demo, tmp_path):
-    space = write_space(tmp_path, ham_demo)
+    space = tiny_space(tmp_path, ham_demo)
     taken = socket.socket()  # the dashboard port asked for is in use: the sweep takes another
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -138,8 +128,9 @@ def test_missing_data_names_the_folder_and_suggests_demo(tmp_path):
     assert str(tmp_path / "HAM10000") in done.stderr and "ham10000" in done.stderr and "--demo" in done.stderr
 
 
+@pytest.mark.slow
 def test_storage_uri_holds_the_trials_and_the_sweep_folder_the_leaderboard(ham_demo, tmp_path):
-    space = write_space(tmp_path, ham_demo)
+    space = tiny_space(tmp_path, ham_demo)
     store = tmp_path / "store"
     done = subprocess.run(
         [sys.executable, "-m", "derm.sweep", str(space), "model.encoder=resnet18", "train.epochs=1",
@@ -157,7 +148,7 @@ def test_storage_uri_holds_the_trials_and_the_sweep_folder_the_leaderboard(ham_d
 
 
 def test_a_trial_trains_on_the_gpu_ray_assigned_it_and_on_the_cpu_without_one():
-    from derm.sweep import trial_device
+    from derm.sweep.trainable import trial_device
 
     assert trial_device("auto", []) == "cpu"       # Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone then
     assert trial_device("cuda", []) == "cpu"
@@ -167,7 +158,7 @@ def test_a_trial_trains_on_the_gpu_ray_assigned_it_and_on_the_cpu_without_one():
 
 def test_the_start_up_message_says_how_many_gpus_the_settings_use_and_how_to_use_all():
     from derm.search_space import Resources
-    from derm.sweep import Cluster, gpu_usage
+    from derm.sweep.cluster import Cluster, gpu_usage
 
     four = Cluster(cpus=64, gpus=4, nodes=1, largest_node_cpus=64, local=True)
     line = gpu_usage(four, Resources(cpu=4, gpu=0.25), max_concurrent=4, num_samples=40)
@@ -184,7 +175,7 @@ def test_the_start_up_message_says_how_many_gpus_the_settings_use_and_how_to_use
 
 def test_cpu_trials_never_ask_for_more_cpus_than_the_local_machine_has():
     from derm.search_space import Resources, SweepSettings
-    from derm.sweep import Cluster, fit_resources
+    from derm.sweep.cluster import Cluster, fit_resources
 
     settings = SweepSettings(resources=Resources(cpu=4, gpu=0.25), num_samples=4)
     resources, notes = fit_resources(settings, Cluster(cpus=2, gpus=0, nodes=1, largest_node_cpus=2, local=True))
@@ -196,7 +187,7 @@ def test_cpu_trials_never_ask_for_more_cpus_than_the_local_machine_has():
 
 def test_a_multi_node_cluster_needs_an_mlflow_server_not_a_local_sqlite_file():
     from derm.errors import DermError
-    from derm.sweep import Cluster, check_tracking_reachable
+    from derm.sweep.cluster import Cluster, check_tracking_reachable
 
     two_nodes = Cluster(cpus=8, gpus=0, nodes=2, largest_node_cpus=4, local=False)
     with pytest.raises(DermError, match="--mlflow-uri http://"):

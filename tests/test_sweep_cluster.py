@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
+import pytest
+from spaces import write_space
 
+pytestmark = pytest.mark.slow  # each test starts Ray and runs a sweep
 
 RAY = str(Path(sys.executable).parent / "ray")
 # `ray start` enables token authentication when a token exists; clients then must opt in.
@@ -51,15 +53,7 @@ def test_sweep_runs_on_an_existing_cluster(ham_demo, tmp_path):
     address = f"127.0.0.1:{port}"
     try:
         wait_for_head(address, head)
-        space = {
-            "name": "cluster", "task": "segmentation",
-            "data": {"root": str(ham_demo), "image_size": 32, "augment": "none"},
-            "model": {"encoder": {"choice": ["resnet18", "mobilenet_v2"]}, "encoder_weights": None},
-            "train": {"epochs": 1, "batch_size": 16},
-            "sweep": {"search": "grid", "scheduler": "fifo", "resources": {"cpu": 1, "gpu": 0}},
-        }
-        path = tmp_path / "space.yaml"
-        path.write_text(yaml.safe_dump(space))
+        path = write_space(tmp_path, ham_demo, "cluster", task="segmentation", epochs=1)
         done = subprocess.run([sys.executable, "-m", "derm.sweep", str(path), "--address", address,
                                "--out", str(tmp_path / "sweeps")], capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -103,24 +97,15 @@ def stop(head: subprocess.Popen) -> None:
         os.killpg(head.pid, signal.SIGKILL)
 
 
-def tiny_space(tmp_path, data_root, name: str) -> Path:
-    space = {
-        "name": name, "task": "segmentation",
-        "data": {"root": str(data_root), "image_size": 32, "augment": "none"},
-        "model": {"encoder": "resnet18", "encoder_weights": None},
-        "train": {"epochs": 1, "batch_size": 16},
-        "sweep": {"search": "random", "scheduler": "fifo", "num_samples": 1, "resources": {"cpu": 1, "gpu": 0}},
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
+def one_trial_space(tmp_path, data_root, name: str) -> Path:
+    return write_space(tmp_path, data_root, name, task="segmentation", encoders=("resnet18",), epochs=1)
 
 
 def test_without_an_address_the_sweep_starts_its_own_ray_beside_a_running_cluster(ham_demo, tmp_path):
     head, address = start_head(num_cpus=1)
     try:
         environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        done = subprocess.run([sys.executable, "-m", "derm.sweep", str(tiny_space(tmp_path, ham_demo, "own")),
+        done = subprocess.run([sys.executable, "-m", "derm.sweep", str(one_trial_space(tmp_path, ham_demo, "own")),
                                "--out", str(tmp_path / "sweeps"), "--dashboard-port", str(free_port())],
                               capture_output=True, text=True, timeout=600, env=environment)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -138,7 +123,7 @@ def test_without_an_address_the_sweep_starts_its_own_ray_beside_a_running_cluste
 
 def test_two_sweeps_started_together_each_get_their_own_ray_and_dashboard(ham_demo, tmp_path):
     environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    sweeps = [subprocess.Popen([sys.executable, "-m", "derm.sweep", str(tiny_space(tmp_path, ham_demo, name)),
+    sweeps = [subprocess.Popen([sys.executable, "-m", "derm.sweep", str(one_trial_space(tmp_path, ham_demo, name)),
                                 "--out", str(tmp_path / "sweeps")],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
               for name in ("first", "second")]

@@ -7,22 +7,15 @@ import subprocess
 import sys
 
 import pandas as pd
-import yaml
+import pytest
+from spaces import write_space
 
+
+pytestmark = pytest.mark.slow  # each test starts Ray and runs a sweep
 
 def test_killed_sweep_resumes_without_rerunning_or_losing_trials(ham_demo, tmp_path):
-    space = {
-        "name": "resumable",
-        "task": "multitask",
-        "data": {"root": str(ham_demo), "image_size": 32, "augment": "none"},
-        "model": {"arch": "Unet", "encoder": {"choice": ["resnet18", "mobilenet_v2", "efficientnet-b0"]},
-                  "encoder_weights": None},
-        "optim": {"lr": 1e-3},
-        "train": {"epochs": 3, "batch_size": 16},
-        "sweep": {"search": "grid", "scheduler": "fifo", "max_concurrent": 1, "resources": {"cpu": 1, "gpu": 0}},
-    }
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(space))
+    path = write_space(tmp_path, ham_demo, "resumable", encoders=("resnet18", "mobilenet_v2", "efficientnet-b0"),
+                       epochs=3, max_concurrent=1)
     out = tmp_path / "sweeps"
     driver = subprocess.Popen([sys.executable, "-m", "derm.sweep", str(path), "--out", str(out),
                                "--dashboard-port", "8378"],

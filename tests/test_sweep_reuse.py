@@ -11,28 +11,21 @@ import sys
 
 import pytest
 import torch
-import yaml
+from spaces import write_space
 
 from derm.checkpoint import load_checkpoint
 from derm.config import config_from_dict
 from derm.training import fit
 
 
+pytestmark = pytest.mark.slow  # each test starts Ray and runs a sweep
+
 @pytest.fixture(scope="module")
 def sequential_sweep(ham_demo, tmp_path_factory):
     folder = tmp_path_factory.mktemp("reuse")
-    space = {
-        "name": "reuse",
-        "task": "multitask",
-        "data": {"root": str(ham_demo), "image_size": 32, "augment": "none"},
-        "model": {"arch": "Unet", "encoder": {"choice": ["mobilenet_v2", "resnet18"]}, "encoder_weights": None},
-        "optim": {"lr": 1e-3},
-        "train": {"epochs": 2, "batch_size": 16},
-        "sweep": {"search": "grid", "scheduler": "asha", "grace_period": 1, "reduction_factor": 2,
-                  "max_concurrent": 1, "resources": {"cpu": 1, "gpu": 0}},
-    }
-    (folder / "reuse.yaml").write_text(yaml.safe_dump(space))
-    done = subprocess.run([sys.executable, "-m", "derm.sweep", str(folder / "reuse.yaml"), "--out",
+    path = write_space(folder, ham_demo, "reuse", encoders=("mobilenet_v2", "resnet18"), scheduler="asha",
+                       grace_period=1, reduction_factor=2, max_concurrent=1)
+    done = subprocess.run([sys.executable, "-m", "derm.sweep", str(path), "--out",
                            str(folder / "sweeps"), "--dashboard-port", "8381"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr

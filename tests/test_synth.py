@@ -14,8 +14,9 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from derm.data.synth import ham10000_class_counts, main, write_synthetic_dataset
-from derm.errors import ConfigError, DataError
+from derm.data.synth import main
+from derm.data.synthetic import ham10000_class_counts, write_synthetic_dataset
+from derm.errors import ConfigError
 from derm.labels import ATTRIBUTES, CLASSES, DX_TO_CLASS
 
 HAM_SIZE = (64, 48)  # width x height: not square, so a swapped axis shows
@@ -178,7 +179,7 @@ def test_user_mistakes_raise_clear_errors(tmp_path):
     assert not (tmp_path / "x").exists()  # a refused request leaves nothing behind
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    with pytest.raises(DataError, match="not an empty folder"):
+    with pytest.raises(ConfigError, match="not an empty folder"):
         write_synthetic_dataset(tmp_path / "full", n=21, size=(32, 32))
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
 

@@ -4,7 +4,8 @@ import os
 
 from mlflow.tracking import MlflowClient
 
-from derm.tracking import PARENT_TAG, RunLogger, default_tracking_uri, flatten
+from derm.config import flatten_dotted as flatten
+from derm.tracking import PARENT_TAG, RunLogger, default_tracking_uri
 
 
 def test_flatten_joins_nested_keys_with_dots():

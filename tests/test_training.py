@@ -1,10 +1,12 @@
 """The one training loop: every task trains, a model overfits, resume is exact, NaN stops."""
 
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields
 
 import pandas as pd
 import pytest
@@ -12,10 +14,22 @@ import torch
 import yaml
 
 import derm.training
-from derm.checkpoint import load_checkpoint
+from derm.checkpoint import TrainingCheckpoint, load_checkpoint
 from derm.config import config_from_dict
 from derm.data.formats import load_table
-from derm.training import NonFiniteLossError, fit
+from derm.errors import ConfigError
+from derm.fit_callbacks import FitCallbacks
+from derm.training import NonFiniteLossError, fit, output_probabilities
+
+
+class OnEpochEnd(FitCallbacks):
+    """Callbacks that hand each epoch's (metrics, latest) to ``call``."""
+
+    def __init__(self, call):
+        self.call = call
+
+    def on_epoch_end(self, metrics, latest):
+        self.call(metrics, latest)
 
 
 def make_config(root, task, tmp_path, **sections):
@@ -39,7 +53,7 @@ def test_two_epochs_of_each_task_lower_the_training_loss(task, ham_demo, task2_d
     root = task2_demo if task == "attributes" else ham_demo
     cfg = make_config(root, task, tmp_path)
     reported = []
-    result = fit(cfg, tmp_path / "run", reporter=lambda metrics, path: reported.append(metrics))
+    result = fit(cfg, tmp_path / "run", callbacks=OnEpochEnd(lambda metrics, path: reported.append(metrics)))
 
     assert [m["epoch"] for m in reported] == [1, 2]
     assert reported[1]["train_loss"] < reported[0]["train_loss"]
@@ -76,7 +90,7 @@ def test_each_fit_sets_torch_deterministic_mode_its_own_way(ham_demo, tmp_path):
             cfg = make_config(ham_demo, "classification", tmp_path, data={"image_size": 32},
                               train={"epochs": 1, "deterministic": deterministic})
             fit(cfg, tmp_path / f"run-{deterministic}",
-                reporter=lambda metrics, path: seen.append(torch.are_deterministic_algorithms_enabled()))
+                callbacks=OnEpochEnd(lambda metrics, path: seen.append(torch.are_deterministic_algorithms_enabled())))
     finally:
         torch.use_deterministic_algorithms(False)
     assert seen == [True, False]
@@ -93,6 +107,57 @@ def test_checkpoints_load_with_weights_only_and_hold_the_run(ham_demo, tmp_path)
     assert set(state["split"].values()) == {"train", "val", "test"}
     best = load_checkpoint(result.best_checkpoint)
     assert "optimizer" not in best and best["epoch"] == result.best_epoch
+
+    # The dataclass names exactly the file's entries; best.pt is latest.pt less the optimiser and scaler.
+    latest = TrainingCheckpoint.load(result.latest_checkpoint)
+    assert set(state) - {"format_version"} == {f.name for f in fields(latest) if getattr(latest, f.name) is not None}
+    assert set(best) == set(state) - {"optimizer", "scaler"}
+    assert TrainingCheckpoint.load(result.best_checkpoint).optimizer is None
+    again = latest.for_inference().save(tmp_path / "copy.pt")
+    assert set(load_checkpoint(again)) == set(best)
+
+
+def test_resuming_from_an_inference_checkpoint_says_to_use_latest(ham_demo, tmp_path):
+    cfg = make_config(ham_demo, "classification", tmp_path, data={"image_size": 32}, train={"epochs": 1})
+    first = fit(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"best\.pt: holds no optimiser state .* checkpoints/latest\.pt"):
+        fit(cfg, tmp_path / "again", resume=first.best_checkpoint)
+
+
+def test_callbacks_hear_every_step_and_each_log_line(ham_demo, tmp_path):
+    class Recorder(FitCallbacks):
+        def __init__(self):
+            self.steps, self.lines, self.epochs = [], [], []
+
+        def log(self, message):
+            self.lines.append(message)
+
+        def on_step(self, epoch, step, steps, running_loss):
+            self.steps.append((epoch, step, steps))
+            assert running_loss > 0
+
+        def on_epoch_end(self, metrics, latest):
+            self.epochs.append((metrics["epoch"], latest))
+
+    cfg = make_config(ham_demo, "classification", tmp_path, data={"image_size": 32}, train={"epochs": 2})
+    first = Recorder()
+    result = fit(cfg, tmp_path / "run", callbacks=first)
+    steps = first.steps[0][2]
+    assert first.steps == [(epoch, step, steps) for epoch in (1, 2) for step in range(1, steps + 1)]
+    assert first.epochs == [(1, result.latest_checkpoint), (2, result.latest_checkpoint)]
+
+    resumed = Recorder()
+    fit(cfg, tmp_path / "run", callbacks=resumed, resume=result.latest_checkpoint)
+    assert resumed.lines == [f"resumed from {result.latest_checkpoint} after epoch 2"]
+    assert resumed.steps == [] and resumed.epochs == []
+
+
+def test_output_probabilities_are_sigmoid_masks_and_softmax_classes():
+    outputs = {"seg": torch.tensor([[[[0.0, 2.0]]]]), "cls": torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])}
+    probs = output_probabilities(outputs)
+    assert probs["seg"].flatten().tolist() == pytest.approx([0.5, 1 / (1 + math.exp(-2))])
+    assert probs["cls"].flatten().tolist() == pytest.approx([1 / 7] * 7)
+    assert output_probabilities({"cls": outputs["cls"]}).keys() == {"cls"}
 
 
 def test_a_non_finite_loss_stops_with_the_epoch_and_step(ham_demo, tmp_path, monkeypatch):
@@ -172,10 +237,10 @@ def test_checkpoint_every_writes_the_latest_checkpoint_every_k_epochs_and_at_the
                       train={"epochs": 3, "batch_size": 8, "seed": 0, "checkpoint_every": 2})
     written = []
 
-    def reporter(metrics, latest):
+    def latest_epoch(metrics, latest):
         written.append(None if latest is None else load_checkpoint(latest)["epoch"])
 
-    result = fit(cfg, tmp_path / "run", reporter=reporter)
+    result = fit(cfg, tmp_path / "run", callbacks=OnEpochEnd(latest_epoch))
     assert written == [None, 2, 3]
     assert load_checkpoint(result.latest_checkpoint)["epoch"] == 3
 
@@ -195,7 +260,7 @@ def test_resuming_under_another_amp_mode_starts_a_fresh_gradient_scale(ham_demo,
 
 
 def test_auto_amp_uses_bf16_only_where_the_gpu_has_it_natively(monkeypatch):
-    from derm.training import autocast_dtype
+    from derm.runtime import autocast_dtype
 
     cuda = torch.device("cuda")
     emulated = {"including_emulation": None}

@@ -23,7 +23,7 @@ import yaml
 from derm.checkpoint import load_checkpoint, save_checkpoint
 from derm.data.formats import load_table
 from derm.data.splits import make_split
-from derm.data.synth import write_synthetic_dataset
+from derm.data.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 REAL_HAM = Path(__file__).resolve().parent / "data" / "real" / "ham10000"

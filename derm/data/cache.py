@@ -17,9 +17,14 @@ folder renamed into place when complete, and then share the same page-cache page
 through `np.load(mmap_mode="r")`. A build killed half-way leaves its temporary
 folder (`<key>.building-<pid>`) behind; the next build in that cache folder removes it.
 
-    >>> arrays = build_cache(table, 256, mask_columns=["lesion_mask_path"])  # doctest: +SKIP
-    >>> arrays.images[arrays.row_of["ISIC_0024306"]].shape
-    (256, 256, 3)
+    >>> import tempfile
+    >>> from derm.data.formats import load_table
+    >>> from derm.data.synthetic import write_synthetic_dataset
+    >>> folder = tempfile.mkdtemp()
+    >>> table = load_table(write_synthetic_dataset(folder + "/HAM10000", n=21, size=(64, 64)))
+    >>> arrays = build_cache(table, 32, folder + "/cache", ["lesion_mask_path"], log=lambda line: None)
+    >>> arrays.images[arrays.row_of[table.image_id[0]]].shape, arrays.masks.shape
+    ((32, 32, 3), (21, 32, 32, 1))
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ import pandas as pd
 from filelock import FileLock, Timeout
 from numpy.lib.format import open_memmap
 
-from derm.data.check import available_cpus, inspect_samples
+from derm.data.decoding import inspect_samples
 from derm.data.problems import Problem
+from derm.runtime import available_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -157,13 +163,13 @@ def build_cache(
     Returns at once when a cache with the same key exists. Otherwise the first
     process to take the lock decodes (in a thread pool of `workers`, default the
     available CPUs) while others wait for it and then open its result. Rows that
-    fail `derm.data.check.inspect_sample` are left out and returned as `problems`.
+    fail `derm.data.decoding.inspect_sample` are left out and returned as `problems`.
 
     `log` (default: this module's logger at INFO) receives one line when this call
     starts waiting for another process's build and one when the wait ends, one when
     it starts decoding and one when it is done, and one per stale temporary folder
     it removes. With `optional_masks`, a row without a mask file gets an all-zero mask
-    instead of being left out (see `derm.data.check.inspect_sample`).
+    instead of being left out (see `derm.data.decoding.inspect_sample`).
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     mask_columns = tuple(mask_columns)

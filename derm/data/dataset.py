@@ -1,10 +1,16 @@
 """A torch Dataset over the decode-once cache, and a class-balanced sampler.
 
-    >>> arrays = build_cache(table, 256, mask_columns=["lesion_mask_path"])  # doctest: +SKIP
-    >>> train = DermDataset.from_table(arrays, table[split == "train"], train_transform(256))
-    >>> item = train[0]
-    >>> item["image"].shape, item["mask"].shape, item["label"], item["index"]
-    (torch.Size([3, 256, 256]), torch.Size([1, 256, 256]), tensor(1), 0)
+    >>> import tempfile
+    >>> from derm.data.cache import build_cache
+    >>> from derm.data.formats import load_table
+    >>> from derm.data.synthetic import write_synthetic_dataset
+    >>> from derm.data.transforms import train_transform
+    >>> folder = tempfile.mkdtemp()
+    >>> table = load_table(write_synthetic_dataset(folder + "/HAM10000", n=21, size=(64, 64)))
+    >>> arrays = build_cache(table, 32, folder + "/cache", ["lesion_mask_path"], log=lambda line: None)
+    >>> item = DermDataset.from_table(arrays, table, train_transform(32))[0]
+    >>> item["image"].shape, item["mask"].shape, item["has_mask"], item["index"]
+    (torch.Size([3, 32, 32]), torch.Size([1, 32, 32]), True, 0)
 
 `item["has_mask"]` is False for an image without a mask file (its mask is all zero and
 the loss and metrics leave it out). `item["index"]` is the sample's row in the cache, so `arrays.image_ids[index]` and
@@ -64,7 +70,7 @@ class DermDataset(Dataset):
         """The table's images, in table order, with labels from its `diagnosis` column.
 
         Every image must be in the cache: drop the rows the cache left out first
-        (`derm.data.check.drop_bad_rows` with `arrays.problems`).
+        (`derm.data.decoding.drop_bad_rows` with `arrays.problems`).
         """
         missing = [i for i in table["image_id"] if i not in arrays.row_of]
         if missing:

@@ -10,7 +10,7 @@ with `attrs` "layout", "root", "has_lesion_ids" and "problems". Paths are
 absolute, rows are sorted by image_id, missing values are None.
 
 Loading only looks at file names and label files; it never decodes an image
-(derm.data.check does). What does not add up (a label row without its image,
+(derm.data.decoding does). What does not add up (a label row without its image,
 an image without its mask, an unknown diagnosis) is neither raised nor
 dropped silently: it is recorded in `table.attrs["problems"]`, a list of
 `derm.data.problems.Problem` (image_id, path, problem, severity; use
@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from derm.data.problems import Problem
-from derm.errors import DataError
+from derm.errors import ConfigError, DataError
 from derm.labels import ATTRIBUTES, CLASSES, DX_TO_CLASS
 
 LAYOUTS = ("ham10000", "ham10000-kaggle", "isic2018-task1-3", "isic2018-task2")
@@ -95,8 +95,11 @@ def load_table(root, layout: str = "auto") -> pd.DataFrame:
     `layout` is one of LAYOUTS or "auto" (detect_layout). A layout named
     explicitly whose files are missing raises DataError naming them.
 
-    >>> table = load_table("data/HAM10000")
-    >>> table.attrs["layout"], len(table), table.attrs["problems"][:1]
+    >>> import tempfile
+    >>> from derm.data.synthetic import write_synthetic_dataset
+    >>> table = load_table(write_synthetic_dataset(tempfile.mkdtemp() + "/HAM10000", n=21, size=(64, 64)))
+    >>> table.attrs["layout"], len(table), table.attrs["problems"]
+    ('ham10000', 21, [])
     """
     if layout in (None, "auto"):
         layout = detect_layout(root)
@@ -200,9 +203,9 @@ def _read_isic2018_task2(root: Path, problems: list) -> tuple[list, bool]:
 
 def _top_level_names(root) -> set[str]:
     if not os.path.exists(root):
-        raise DataError(f"dataset folder {root} does not exist")
+        raise ConfigError(f"dataset folder {root} does not exist")
     if not os.path.isdir(root):
-        raise DataError(f"dataset path {root} is a file, not a folder")
+        raise ConfigError(f"dataset path {root} is a file, not a folder")
     return {entry.name + ("/" if entry.is_dir() else "") for entry in os.scandir(root)}
 
 

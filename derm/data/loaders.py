@@ -27,14 +27,15 @@ from torch.utils.data import DataLoader
 
 from derm.config import RunConfig
 from derm.data.cache import build_cache
-from derm.data.check import available_cpus, check_bad_fraction, drop_bad_rows
 from derm.data.dataset import DermDataset, class_balanced_sampler, labels_from_diagnosis
+from derm.data.decoding import check_bad_fraction, drop_bad_rows
 from derm.data.formats import load_table
 from derm.data.problems import Problem
 from derm.data.splits import apply_split, make_split, read_split, write_split
 from derm.data.transforms import eval_transform, train_transform
 from derm.errors import DataError
 from derm.labels import ATTRIBUTES, CLASSES
+from derm.runtime import available_cpus, loader_workers
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def truth_masks(rows: pd.DataFrame, task: str) -> Callable[[str], np.ndarray]:
         masks = []
         for path in paths.loc[image_id]:
             with Image.open(path) as img:
-                # convert("L"): palette masks as luminance (see derm.data.check); > 127 as the scorer's > 128.
+                # convert("L"): palette masks as luminance (see derm.data.decoding); > 127 as the scorer's > 128.
                 masks.append(np.asarray(img.convert("L")) > 127)
         return np.stack(masks)
 
@@ -274,13 +275,3 @@ def default_workers(cfg: RunConfig, device: torch.device | None) -> int:
     if cfg.data.num_workers is not None:
         return cfg.data.num_workers
     return loader_workers(available_cpus())
-
-
-def loader_workers(cpus: float) -> int:
-    """DataLoader workers for a run with ``cpus`` CPUs (a sweep trial: its reservation).
-
-    Cached samples are cheap to produce, so on a small CPU budget the main process does
-    it; with more CPUs, workers (one CPU left for the training step, at most 8) keep the
-    accelerator fed.
-    """
-    return 0 if cpus <= 2 else min(8, int(cpus) - 1)

@@ -2,7 +2,7 @@
 
 `derm.data.formats.load_table` records file-level problems (a metadata row
 without its image, an image without its mask, an unknown label) and
-`derm.data.check` adds decode-level ones (a truncated JPEG, a mask of the
+`derm.data.decoding` adds decode-level ones (a truncated JPEG, a mask of the
 wrong size). Both use `Problem`, so a report can list them together.
 """
 

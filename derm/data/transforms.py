@@ -6,7 +6,9 @@ the image. It returns numpy: the image float32 (S, S, 3) normalised with the
 ImageNet mean and std, the mask uint8 (S, S, C). `derm.data.dataset` turns these
 into channel-first tensors.
 
-    >>> out = train_transform(256)(image=image, mask=masks)  # doctest: +SKIP
+    >>> import numpy as np
+    >>> image, masks = np.zeros((256, 256, 3), np.uint8), np.zeros((256, 256, 1), np.uint8)
+    >>> out = train_transform(256)(image=image, mask=masks)
     >>> out["image"].dtype, out["image"].shape, out["mask"].shape
     (dtype('float32'), (256, 256, 3), (256, 256, 1))
 

@@ -1,8 +1,8 @@
 """Search spaces: a YAML run config whose leaves may be distributions, plus a ``sweep:`` section.
 
-    >>> space = load_search_space("search_spaces/unet.yaml", ["sweep.num_samples=4"])
-    >>> searcher = build_searcher(space)           # Ray Tune OptunaSearch (imports Ray)
-    >>> cfg = resolve_trial_config(space, trial_config)  # inside the trainable
+    space = load_search_space("search_spaces/unet.yaml", ["sweep.num_samples=4"])
+    searcher = build_searcher(space)                # Ray Tune's OptunaSearch (imports Ray)
+    cfg = resolve_trial_config(space, trial_config)  # inside the trainable: a RunConfig
 
 The format is described in docs/search_spaces.md. Loading validates everything and imports
 neither torch, Ray nor Optuna; ``build_searcher`` imports Optuna and Ray.

@@ -15,7 +15,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from derm.config import RunConfig, absolute_paths, config_from_dict, parse_override, read_yaml, set_dotted
+from derm.config import (
+    RunConfig, absolute_paths, config_from_dict, flatten_dotted, parse_override, read_yaml, set_dotted,
+)
 from derm.errors import ConfigError
 from derm.metric_names import check_metric_name
 from derm.model_names import suggest
@@ -54,9 +56,9 @@ def load_search_space(path: str | Path, overrides: list[str] | tuple[str, ...] =
     An override fixes a searched key (``optim.name=adam`` removes that parameter) or changes
     a fixed value or sweep setting (``sweep.num_samples=4``, ``sweep.resources.gpu=0.5``).
 
-        >>> space = load_search_space("search_spaces/unet.yaml", ["train.epochs=2"])
-        >>> space.searched_keys[:2], space.sweep.num_samples
-        (('model.encoder', 'loss.seg'), 40)
+        >>> space = load_search_space("search_spaces/unet.yaml", ["train.epochs=5", "optim.name=adam"])
+        >>> space.searched_keys[:2], space.max_epochs, "optim.name" in space.searched_keys
+        (('model.encoder', 'loss.seg'), 5, False)
     """
     return build_search_space(read_yaml(path), str(path), tuple(overrides), base_dir=str(Path.cwd()))
 
@@ -96,7 +98,7 @@ def build_search_space(file_values: dict[str, Any], source: str, overrides: tupl
     base_config = config_from_dict(fixed, where)
     base_values = flatten_config(base_config)
     # when/depends_on compare with values as written (loss.seg "dice+bce", not its parsed weights).
-    base_values.update({k: v for k, v in _dotted_leaves(fixed).items() if k in base_values})
+    base_values.update({k: v for k, v in flatten_dotted(fixed).items() if k in base_values})
     parameters = order_parameters([parse_parameter(key, spec, where) for key, spec in specs], base_values, where)
     for param in parameters:
         _check_candidates(param, parameters, fixed, where)
@@ -109,16 +111,6 @@ def build_search_space(file_values: dict[str, Any], source: str, overrides: tupl
     # Points must fit the file as written; an override or --demo that rules a point out drops it.
     points = seed_points(space, where, strict=not overrides and demo is None)
     return dataclasses.replace(space, seed_points=points)
-
-
-def _dotted_leaves(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    leaves = {}
-    for key, value in node.items():
-        if isinstance(value, dict) and value:
-            leaves.update(_dotted_leaves(value, f"{prefix}{key}."))
-        else:
-            leaves[f"{prefix}{key}"] = value
-    return leaves
 
 
 def _check_sections(raw: dict[str, Any], where: str) -> None:

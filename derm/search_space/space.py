@@ -177,10 +177,13 @@ class SearchSpace:
         Returns the constants set by fixed-value cases (Ray merges them into the trial's
         config), or None when there are none.
 
-            >>> study = optuna.create_study()
-            >>> trial = study.ask()
-            >>> space.define_by_run(trial); trial.params
-            {'model.encoder': 'resnet34', 'optim.lr': 0.00021, ...}
+            >>> import optuna
+            >>> from derm.search_space import load_search_space
+            >>> space = load_search_space("search_spaces/unet.yaml")
+            >>> trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+            >>> space.define_by_run(trial)
+            >>> list(trial.params)[:3]
+            ['model.encoder', 'loss.seg', 'loss.seg_weight']
         """
         visited = self.walk(lambda name, key, spec: spec.suggest(trial, name))
         constants = {key: value for _, key, value, searched in visited if not searched}

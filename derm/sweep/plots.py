@@ -1,4 +1,4 @@
-"""Figures of a finished sweep (PNG, matplotlib's Agg backend, no display needed).
+"""Figures of a finished sweep (PNG files drawn with ``derm.figures``; no display needed).
 
 - ``best_so_far.png``: each trial's best-epoch metric in the order the trials started, and
   the best value reached so far (how quickly the search found its best configurations);
@@ -6,24 +6,20 @@
   numeric ranges (log x for ``loguniform`` and log ``int`` ranges), a box and the jittered
   points per value for choices.
 
-Both read an annotated board (`derm.leaderboard_table.annotate`).
+Both read an annotated board (`derm.sweep.table.annotate`).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
-
-from derm.leaderboard_table import PARAM_PREFIX  # noqa: E402
-from derm.search_space import Distribution, SearchSpace  # noqa: E402
+from derm.figures import new_figure, safe_file_stem, save_figure
+from derm.search_space import Distribution, SearchSpace
+from derm.sweep.table import PARAM_PREFIX
 
 FIGSIZE = (6, 4)
 
@@ -53,7 +49,8 @@ def plot_best_so_far(board: pd.DataFrame, metric: str, mode: str, path: Path) ->
     values = pd.to_numeric(ordered[metric], errors="coerce") if metric in ordered else pd.Series(
         np.nan, index=ordered.index)
     number = np.arange(1, len(ordered) + 1)
-    fig, ax = plt.subplots(figsize=FIGSIZE)
+    fig = new_figure(FIGSIZE)
+    ax = fig.subplots()
     ax.scatter(number, values, color="tab:gray", s=18, label="trial (best epoch)")
     ax.step(number, best_so_far(values, mode), where="post", color="tab:blue", label="best so far")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -61,7 +58,7 @@ def plot_best_so_far(board: pd.DataFrame, metric: str, mode: str, path: Path) ->
     ax.set_ylabel(metric)
     ax.set_title(f"{metric}: best so far ({mode})")
     ax.legend(loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_metric_vs_parameters(board: pd.DataFrame, space: SearchSpace, out_dir: Path) -> list[Path]:
@@ -74,7 +71,8 @@ def plot_metric_vs_parameters(board: pd.DataFrame, space: SearchSpace, out_dir: 
             continue
         data = pd.DataFrame({"value": board[column],
                              "metric": pd.to_numeric(board[metric], errors="coerce")}).dropna()
-        fig, ax = plt.subplots(figsize=FIGSIZE)
+        fig = new_figure(FIGSIZE)
+        ax = fig.subplots()
         if _is_choice(parameter):
             _strip_and_box(ax, data, parameter.possible_values() or ())
         else:
@@ -85,7 +83,7 @@ def plot_metric_vs_parameters(board: pd.DataFrame, space: SearchSpace, out_dir: 
         ax.set_xlabel(parameter.key)
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} vs {parameter.key}")
-        paths.append(_save(fig, out_dir / f"metric_vs_{_safe_name(parameter.key)}.png"))
+        paths.append(save_figure(fig, out_dir / f"metric_vs_{safe_file_stem(parameter.key, 'parameter')}.png", dpi=100))
     return paths
 
 
@@ -114,16 +112,3 @@ def _is_choice(parameter) -> bool:
 
 def _is_log(parameter) -> bool:
     return any(isinstance(s, Distribution) and (s.kind == "loguniform" or s.log) for s in _specs(parameter))
-
-
-def _safe_name(key: str) -> str:
-    """A file name from a YAML key that cannot leave the output folder."""
-    return re.sub(r"[^\w.-]", "_", key).strip(".") or "parameter"
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -4,18 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from derm.ensemble import Sample, SplitPredictions
 from derm.labels import ATTRIBUTES
-from derm.reports import (
-    bootstrap_line,
-    classification_report_text,
-    format_summary,
-    markdown_table,
-    plot_calibration,
-    row_normalised,
-    safe_file_stem,
-    write_ensemble_table,
-    write_report,
+from derm.retrain.ensemble import Sample, SplitPredictions
+from derm.figures import safe_file_stem
+from derm.retrain.report import (
+    bootstrap_line, classification_report_text, format_summary, markdown_table, plot_calibration, row_normalised,
+    write_ensemble_table, write_report,
 )
 
 # Six images: MEL, NV, NV, BCC, MEL, NV; predicted MEL, NV, MEL, BCC, NV, NV.

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from derm.data.splits import read_split
-from derm.ensemble import average_probabilities, predict_split
 from derm.inference import load_model
-from derm.retrain_best import load_test_split, main
+from derm.retrain import load_test_split
+from derm.retrain.ensemble import average_probabilities, predict_split
+from derm.retrain_best import main
 from derm.training import evaluate
 
 CPU = torch.device("cpu")

@@ -20,27 +20,22 @@ no global pyplot state is touched; curves come from scikit-learn.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import auc, classification_report, roc_curve
 
-from derm.ensemble import CLASS_TASKS, LESION_TASKS, Sample, SplitPredictions
 from derm.labels import ATTRIBUTES, CLASSES
-from derm.metrics import (
-    confusion_matrix,
-    dice_from_counts,
-    expected_calibration_error,
-    predicted_labels,
-)
+from derm.metrics import confusion_matrix, dice_from_counts, expected_calibration_error, predicted_labels
 from derm.metrics.classification import ECE_BINS
+from derm.retrain.ensemble import CLASS_TASKS, LESION_TASKS, Sample, SplitPredictions
+from derm.figures import new_figure, safe_file_stem, save_figure
+from derm.text_formats import pipe_table
 
 TRUTH_COLOUR, PREDICTION_COLOUR = "lime", "red"
 
@@ -67,7 +62,7 @@ def row_normalised(counts: np.ndarray) -> np.ndarray:
 
 def plot_confusion_matrix(counts: np.ndarray, path: Path) -> Path:
     """Counts and row-normalised confusion matrices side by side (rows truth, columns prediction)."""
-    figure = Figure(figsize=(13, 5.5), layout="constrained")
+    figure = new_figure((13, 5.5))
     for ax, values, title, fmt in zip(figure.subplots(1, 2), (counts, row_normalised(counts)),
                                       ("counts", "normalised by true class"), ("{:d}", "{:.2f}")):
         image = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(values.max(), 1e-9))
@@ -77,12 +72,12 @@ def plot_confusion_matrix(counts: np.ndarray, path: Path) -> Path:
                     color="white" if value > values.max() / 2 else "black", fontsize=8)
         ax.set(xticks=range(len(CLASSES)), yticks=range(len(CLASSES)), xticklabels=CLASSES, yticklabels=CLASSES,
                xlabel="predicted", ylabel="true", title=f"Confusion matrix ({title})")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_roc_curves(probabilities: np.ndarray, labels: np.ndarray, path: Path) -> Path:
     """One-vs-rest ROC curve per class present in the truth (and not alone), AUC in the legend."""
-    figure = Figure(figsize=(6.5, 6), layout="constrained")
+    figure = new_figure((6.5, 6))
     ax = figure.subplots()
     for k, name in enumerate(CLASSES):
         is_class = labels == k
@@ -93,7 +88,7 @@ def plot_roc_curves(probabilities: np.ndarray, labels: np.ndarray, path: Path) -
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02),
            title="ROC curves, one class vs rest (test split)")
     ax.legend(loc="lower right", fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_calibration(probabilities: np.ndarray, labels: np.ndarray, path: Path, n_bins: int = ECE_BINS) -> Path:
@@ -104,7 +99,7 @@ def plot_calibration(probabilities: np.ndarray, labels: np.ndarray, path: Path, 
     # pos_label: a test set where every prediction is right (or wrong) still has a curve.
     accuracy, mean_confidence = calibration_curve(correct, confidence, n_bins=n_bins, strategy="uniform",
                                                   pos_label=1)
-    figure = Figure(figsize=(6, 7), layout="constrained")
+    figure = new_figure((6, 7))
     top, bottom = figure.subplots(2, 1, height_ratios=(3, 1), sharex=True)
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfectly calibrated")
     top.plot(mean_confidence, accuracy, marker="o", label="model")
@@ -113,14 +108,14 @@ def plot_calibration(probabilities: np.ndarray, labels: np.ndarray, path: Path, 
     top.legend(loc="upper left")
     bottom.hist(confidence, bins=np.linspace(0, 1, n_bins + 1), color="tab:blue", alpha=0.7)
     bottom.set(xlabel="top-class confidence", ylabel="images")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_attribute_scores(metrics: dict[str, float], path: Path) -> Path:
     """Grouped bars of Jaccard and Dice per Task 2 attribute, with the micro averages."""
     names = [*ATTRIBUTES, "micro"]
     positions = np.arange(len(names))
-    figure = Figure(figsize=(9, 4.5), layout="constrained")
+    figure = new_figure((9, 4.5))
     ax = figure.subplots()
     for offset, score in ((-0.2, "jaccard"), (0.2, "dice")):
         values = [metrics[f"{score}_{name}"] for name in names]
@@ -129,19 +124,14 @@ def plot_attribute_scores(metrics: dict[str, float], path: Path) -> Path:
     ax.set(xticks=positions, xticklabels=[n.replace("_", " ") for n in names], ylim=(0, 1.1),
            ylabel="score", title="ISIC 2018 Task 2 attributes (test split)")
     ax.legend()
-    return _save(figure, path)
-
-
-def safe_file_stem(image_id: str) -> str:
-    """An image id as a file name that stays inside its folder."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", image_id).lstrip(".") or "image"
+    return save_figure(figure, path)
 
 
 def plot_overlay(sample: Sample, path: Path) -> Path:
     """The image with the true (green) and predicted (red) lesion outlines, Dice in the title."""
     truth, predicted = sample.true_mask[0], sample.probability[0] > 0.5
     counts = (np.sum(truth & predicted), np.sum(~truth & predicted), np.sum(truth & ~predicted))
-    figure = Figure(figsize=(4, 4.3), layout="constrained")
+    figure = new_figure((4, 4.3))
     ax = figure.subplots()
     ax.imshow(sample.image, interpolation="nearest")
     for mask, colour in ((truth, TRUTH_COLOUR), (predicted, PREDICTION_COLOUR)):
@@ -152,17 +142,15 @@ def plot_overlay(sample: Sample, path: Path) -> Path:
     ax.legend(handles=[Line2D([], [], color=TRUTH_COLOUR, label="truth"),
                        Line2D([], [], color=PREDICTION_COLOUR, label="prediction")],
               loc="lower right", fontsize=7)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
-    """A GitHub Markdown table of ``frame`` (numbers rounded), without extra dependencies."""
+    """A GitHub Markdown table of ``frame``, floats to ``digits`` decimals."""
     def cell(value) -> str:
         return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    return pipe_table(frame.columns, ([cell(v) for v in row] for row in frame.itertuples(index=False)))
 
 
 def write_report(predictions: SplitPredictions, folder: str | Path) -> list[Path]:
@@ -254,10 +242,4 @@ def _interval(ci: dict[str, list], name: str) -> str:
 
 def write_overlays(samples: Sequence[Sample], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    return [plot_overlay(sample, folder / f"{safe_file_stem(sample.image_id)}.png") for sample in samples]
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    return path
+    return [plot_overlay(sample, folder / f"{safe_file_stem(sample.image_id, 'image')}.png") for sample in samples]

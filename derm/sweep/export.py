@@ -6,7 +6,7 @@
   click a header to sort by it;
 - ``leaderboard.csv`` / ``leaderboard.json``: every column at full precision, failed
   trials with their error (JSON adds the sweep, metric, mode and caption);
-- ``plots/``: see `derm.sweep_plots`.
+- ``plots/``: see `derm.sweep.plots`.
 """
 
 from __future__ import annotations
@@ -19,33 +19,34 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from derm.errors import DermError
-from derm.leaderboard_table import annotate, caption, display_columns, display_table
+from derm.errors import ConfigError
 from derm.search_space import SearchSpace
+from derm.sweep.table import annotate, caption, display_columns, display_table
+from derm.text_formats import json_value, pipe_table
 
 FORMATS = ("md", "csv", "html", "json")
 STEM = "leaderboard"
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
-    """'md,csv' -> ('md', 'csv'); an unknown name is a DermError listing the allowed ones."""
+    """'md,csv' -> ('md', 'csv'); an unknown name is a ConfigError listing the allowed ones."""
     formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise DermError(f"--format: unknown format {unknown[0] if unknown else repr(text)} "
+        raise ConfigError(f"--format: unknown format {unknown[0] if unknown else repr(text)} "
                         f"(allowed: a comma-separated list of {', '.join(FORMATS)})")
     return formats
 
 
 def export_board(board: pd.DataFrame, space: SearchSpace, out_dir: str | Path,
                  formats: Iterable[str] = FORMATS, top: int | None = None, plots: bool = True) -> list[Path]:
-    """Write the ranked board (`derm.leaderboard.rank_trials`) in ``formats`` under ``out_dir``.
+    """Write the ranked board (`derm.sweep.board.rank_trials`) in ``formats`` under ``out_dir``.
 
     ``top`` keeps the first N rows of the tables; the Pareto front and the plots use every trial.
     Returns the files written.
 
-        >>> export_board(board, plan.space, plan.sweep_dir, formats=("md",), plots=False)  # doctest: +SKIP
-        [PosixPath('.../leaderboard.md')]
+        export_board(board, plan.space, plan.sweep_dir, formats=("md",), plots=False)
+        # -> [PosixPath('.../leaderboard.md')]
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,7 @@ def export_board(board: pd.DataFrame, space: SearchSpace, out_dir: str | Path,
     writers = {"md": write_markdown, "csv": write_csv, "html": write_html, "json": write_json}
     paths = [writers[f](shown, space, note, out_dir / f"{STEM}.{f}") for f in formats]
     if plots:
-        from derm.sweep_plots import plot_best_so_far, plot_metric_vs_parameters
+        from derm.sweep.plots import plot_best_so_far, plot_metric_vs_parameters
 
         paths.append(plot_best_so_far(annotated, space.sweep.metric, space.sweep.mode,
                                       out_dir / "plots" / "best_so_far.png"))
@@ -66,14 +67,8 @@ def export_board(board: pd.DataFrame, space: SearchSpace, out_dir: str | Path,
 def markdown_table(board: pd.DataFrame, space: SearchSpace, note: str) -> str:
     """The pipe table with ``note`` (its caption) under it, as pasted into a README."""
     table = display_table(board, space)
-    right = {c.header for c in display_columns(board, space) if c.numeric}
-
-    def line(cells) -> str:
-        return "| " + " | ".join(str(c).replace("|", r"\|") for c in cells) + " |"
-
-    rows = [line(table.columns), "|" + "|".join("---:" if h in right else "---" for h in table.columns) + "|"]
-    rows += [line(values) for values in table.itertuples(index=False)]
-    return "\n".join(rows) + "\n\n" + note + "\n"
+    right = [c.header for c in display_columns(board, space) if c.numeric]
+    return pipe_table(table.columns, table.itertuples(index=False), right) + "\n" + note + "\n"
 
 
 def write_markdown(board: pd.DataFrame, space: SearchSpace, note: str, path: Path) -> Path:
@@ -88,22 +83,11 @@ def write_csv(board: pd.DataFrame, space: SearchSpace, note: str, path: Path) ->
 
 def write_json(board: pd.DataFrame, space: SearchSpace, note: str, path: Path) -> Path:
     """{sweep, task, metric, mode, caption, rows}; rows are the CSV's, NaN as null."""
-    rows = [{k: _plain(v) for k, v in row.items()} for row in board.to_dict("records")]
+    rows = [json_value(row) for row in board.to_dict("records")]
     document = {"sweep": space.name, "task": space.task, "metric": space.sweep.metric, "mode": space.sweep.mode,
                 "caption": note, "rows": rows}
     path.write_text(json.dumps(document, indent=2, allow_nan=False))
     return path
-
-
-def _plain(value: Any) -> Any:
-    """A JSON value: numpy scalars as Python numbers, NaN and None as null."""
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def write_html(board: pd.DataFrame, space: SearchSpace, note: str, path: Path) -> Path:

@@ -14,8 +14,8 @@ Because metrics are recomputed from these per-image records, any subset or resam
 the images can be scored again (``SplitPredictions.metrics(indices)``), which is what the
 bootstrap confidence intervals do.
 
-    >>> members, ensemble = predict_split([model_a, model_b], loaders["test"], device, "multitask")  # doctest: +SKIP
-    >>> ensemble.metrics()["balanced_accuracy"]                                                      # doctest: +SKIP
+    members, ensemble = predict_split([model_a, model_b], loaders["test"], device, "multitask")
+    ensemble.metrics()["balanced_accuracy"]
 """
 
 from __future__ import annotations
@@ -27,13 +27,8 @@ import numpy as np
 import torch
 
 from derm.metrics import (
-    ClassificationAccumulator,
-    attribute_scores,
-    binarize,
-    confusion_counts,
-    lesion_scores,
-    normalized_confusion_counts,
-    to_numpy,
+    ClassificationAccumulator, attribute_scores, binarize, confusion_counts, lesion_scores,
+    normalized_confusion_counts, to_numpy,
 )
 from derm.training import predict_batches
 
