@@ -24,7 +24,6 @@ from typing import Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from derm.checkpoint import TrainingCheckpoint
@@ -35,11 +34,10 @@ from derm.errors import DataError
 from derm.labels import ATTRIBUTES, CLASSES
 from derm.models import build_model
 from derm.runtime import autocast_dtype, select_device
-from derm.training import output_probabilities
+from derm.predictions import masks_at_size, output_probabilities
 
 ImageSource = Union[str, Path, Image.Image, np.ndarray]
 
-MASK_THRESHOLD = 0.5
 # The views test-time augmentation averages, as tensor dims to flip on (N, C, H, W):
 # as given, horizontal (width), vertical (height), both. Each is its own inverse.
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
@@ -194,14 +192,3 @@ class Predictor:
             else:
                 lesion_mask = masks[0]
         return Prediction(label, probabilities, lesion_mask, attribute_masks, original_size)
-
-
-def masks_at_size(probabilities: torch.Tensor, size: tuple[int, int]) -> list[np.ndarray]:
-    """(C, S, S) probabilities -> C boolean (H, W) masks: bilinear resize, then > 0.5.
-
-    Resizing the probabilities, not the thresholded mask, keeps the edge where the
-    model put it instead of a staircase of training-size pixels.
-    """
-    resized = F.interpolate(probabilities[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-    return list((resized > MASK_THRESHOLD).cpu().numpy())
-

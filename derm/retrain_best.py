@@ -8,8 +8,10 @@ With several seeds (``train.seed + i``) it reports each seed's test metrics, the
 standard deviation over seeds, and a 95% percentile bootstrap interval of that same mean
 over resampled test images (resampled within each true class where the task has a
 diagnosis head). ``--top K --ensemble`` retrains the K best configurations, averages their
-probabilities and gives the ensemble's metrics with their intervals. The library is
-``derm.retrain`` (``retrain_best``); outputs are listed in ``derm.retrain.outputs``.
+probabilities and gives the ensemble's metrics with their intervals. Training epochs and
+the test evaluation draw progress bars on stderr at a terminal (none with ``--quiet``).
+The library is ``derm.retrain`` (``retrain_best``); outputs are listed in
+``derm.retrain.outputs``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 
 from derm._cli import run_command
 from derm.errors import ConfigError
+from derm.progress import set_quiet
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap draws (default 0)")
     parser.add_argument("--samples", type=int, default=8, help="test images drawn in overlays/ (default 8)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to the sweep's MLflow store")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars; the metrics and log lines still print")
     return parser.parse_args(argv)
 
 
@@ -49,6 +53,7 @@ def command(args: argparse.Namespace) -> None:
     from derm.retrain import retrain_best
     from derm.retrain.report import format_summary
 
+    set_quiet(args.quiet)
     if args.top is not None and args.top < 1:
         raise ConfigError(f"--top must be at least 1, got {args.top}")
     result = retrain_best(args.sweep_dir, rank=args.rank, top=args.top, ensemble=args.ensemble,

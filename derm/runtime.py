@@ -80,3 +80,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def move_batch(batch: dict, device, channels_last: bool = False) -> dict:
+    """A loader's batch with its tensors on ``device`` (images channels-last when asked)."""
+    import torch
+
+    moved = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    if channels_last:
+        moved["image"] = moved["image"].contiguous(memory_format=torch.channels_last)
+    return moved

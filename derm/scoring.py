@@ -11,6 +11,8 @@ Masks: truth and prediction files are matched by the ``ISIC_\\d{7}`` id in the n
 and of equal size, and are binarised at > 128. Task 2 truth needs all five attribute
 masks of each image. Prediction files that match no truth file are ignored.
 
+The mask scorers draw a progress bar (`derm.progress`) while they read the files.
+
 CSVs: columns ``image,MEL,NV,BCC,AKIEC,BKL,DF,VASC``; the truth is one-hot, the
 prediction holds probabilities in [0, 1] for exactly the truth's images (``.jpg``
 suffixes on ids are dropped). Unlike the official scorer, truth CSVs with
@@ -30,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from derm.errors import DataError
 from derm.labels import ATTRIBUTES, CLASSES
 from derm.metrics import AttributeAccumulator, ClassificationAccumulator, SegmentationAccumulator
+from derm.progress import progress
 
 ISIC_ID = re.compile(r"ISIC_\d{7}")
 MASK_SUFFIXES = {".png", ".gif", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"}
@@ -120,9 +123,11 @@ def score_task1(truth_dir, pred_dir) -> dict[str, float]:
     truths = index_masks(truth_dir, "truth")
     predictions = index_masks(pred_dir, "prediction")
     accumulator = SegmentationAccumulator()
-    for key, truth_path in truths.items():
-        truth, pred = read_mask_pair(truth_path, predictions, key)
-        accumulator.update(pred[None], truth[None])
+    # A bar closed by `with` ends its line, so an error about a file starts on a line of its own.
+    with progress(truths.items(), total=len(truths), desc="scoring", unit="mask") as pairs:
+        for key, truth_path in pairs:
+            truth, pred = read_mask_pair(truth_path, predictions, key)
+            accumulator.update(pred[None], truth[None])
     return accumulator.compute()
 
 
@@ -131,18 +136,20 @@ def score_task2(truth_dir, pred_dir) -> dict[str, float]:
     truths = index_masks(truth_dir, "truth", with_attribute=True)
     predictions = index_masks(pred_dir, "prediction", with_attribute=True)
     accumulator = AttributeAccumulator()
-    for image_id in sorted({image_id for image_id, _ in truths}):
-        missing = [name for name in ATTRIBUTES if (image_id, name) not in truths]
-        if missing:
-            raise DataError(f"truth folder {truth_dir} has no attribute_{missing[0]} mask for {image_id}; "
-                            f"Task 2 truth needs all of {', '.join(ATTRIBUTES)}")
-        pairs = [read_mask_pair(truths[(image_id, name)], predictions, (image_id, name)) for name in ATTRIBUTES]
-        shapes = {truth.shape for truth, _ in pairs}
-        if len(shapes) > 1:
-            raise DataError(f"truth folder {truth_dir}: the attribute masks of {image_id} differ in size {sorted(shapes)}")
-        truth = np.stack([t for t, _ in pairs])[None]
-        pred = np.stack([p for _, p in pairs])[None]
-        accumulator.update(pred, truth)
+    with progress(sorted({image_id for image_id, _ in truths}), desc="scoring", unit="image") as image_ids:
+        for image_id in image_ids:
+            missing = [name for name in ATTRIBUTES if (image_id, name) not in truths]
+            if missing:
+                raise DataError(f"truth folder {truth_dir} has no attribute_{missing[0]} mask for {image_id}; "
+                                f"Task 2 truth needs all of {', '.join(ATTRIBUTES)}")
+            pairs = [read_mask_pair(truths[(image_id, name)], predictions, (image_id, name)) for name in ATTRIBUTES]
+            shapes = {truth.shape for truth, _ in pairs}
+            if len(shapes) > 1:
+                raise DataError(f"truth folder {truth_dir}: the attribute masks of {image_id} differ in size "
+                                f"{sorted(shapes)}")
+            truth = np.stack([t for t, _ in pairs])[None]
+            pred = np.stack([p for _, p in pairs])[None]
+            accumulator.update(pred, truth)
     return accumulator.compute()
 
 

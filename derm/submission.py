@@ -33,6 +33,7 @@ from derm.data.formats import IMAGE_SUFFIXES
 from derm.errors import ConfigError, DataError
 from derm.inference import DEFAULT_BATCH_SIZE, Prediction, Predictor, load_image
 from derm.labels import ATTRIBUTES, CLASSES
+from derm.progress import progress
 
 PROBABILITIES_CSV = "diagnosis.csv"
 OVERLAY_DIR = "overlays"
@@ -150,7 +151,8 @@ def predict_folder(predictor: Predictor, images_dir: str | Path, out_dir: str | 
     """Predict every JPEG/PNG in `images_dir` and write the submission files into `out_dir`.
 
     An image that cannot be decoded is reported through `log` by name and skipped;
-    the others are still predicted. Returns what was written and what was skipped.
+    the others are still predicted. Draws a progress bar by images (`derm.progress`).
+    Returns what was written and what was skipped.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
@@ -161,22 +163,24 @@ def predict_folder(predictor: Predictor, images_dir: str | Path, out_dir: str | 
         (out_dir / OVERLAY_DIR).mkdir(exist_ok=True)
     result = FolderResult(out_dir)
     probability_rows: list[tuple[str, dict[str, float]]] = []
-    for paths in chunks(images, batch_size):
-        loaded = []
-        for path in paths:
-            try:
-                loaded.append((path, load_image(path, predictor.image_size)))
-            except DECODE_ERRORS as err:
-                result.skipped.append((path, f"cannot decode image: {err}"))
-                log(f"skipped {path}: cannot decode image: {err}")
-        predictions = predictor.predict_prepared([prepared for _, prepared in loaded])
-        for (path, _), prediction in zip(loaded, predictions):
-            write_masks(path.stem, prediction, out_dir)
-            if prediction.probabilities is not None:
-                probability_rows.append((path.stem, prediction.probabilities))
-            if overlays:
-                write_overlay(path, prediction, out_dir / OVERLAY_DIR / f"{path.stem}.jpg")
-            result.predicted.append(path.stem)
+    with progress(total=len(images), desc="predicting", unit="image") as bar:
+        for paths in chunks(images, batch_size):
+            loaded = []
+            for path in paths:
+                try:
+                    loaded.append((path, load_image(path, predictor.image_size)))
+                except DECODE_ERRORS as err:
+                    result.skipped.append((path, f"cannot decode image: {err}"))
+                    log(f"skipped {path}: cannot decode image: {err}")
+            predictions = predictor.predict_prepared([prepared for _, prepared in loaded])
+            for (path, _), prediction in zip(loaded, predictions):
+                write_masks(path.stem, prediction, out_dir)
+                if prediction.probabilities is not None:
+                    probability_rows.append((path.stem, prediction.probabilities))
+                if overlays:
+                    write_overlay(path, prediction, out_dir / OVERLAY_DIR / f"{path.stem}.jpg")
+                result.predicted.append(path.stem)
+            bar.update(len(paths))
     if predictor.task in ("multitask", "classification"):
         result.probabilities_csv = write_probabilities(probability_rows, out_dir / PROBABILITIES_CSV)
     return result

@@ -1,8 +1,9 @@
 """``python -m derm.train CONFIG.yaml [section.key=value ...]``: one training run.
 
-Prints a progress bar and a per-epoch table, writes the resolved config, the split and
-the best and latest checkpoints under ``<out_dir>/<name>/``, and logs the run to MLflow
-(by default a SQLite store in ``<out_dir>/mlflow.db``).
+Prints a progress bar (on stderr at a terminal; none with ``--quiet``) and a per-epoch
+table, writes the resolved config, the split and the best and latest checkpoints under
+``<out_dir>/<name>/``, and logs the run to MLflow (by default a SQLite store in
+``<out_dir>/mlflow.db``).
 
     python -m derm.train configs/demo.yaml train.epochs=2 model.encoder=resnet18
     python -m derm.train configs/demo.yaml --resume          # continue from latest.pt
@@ -19,6 +20,7 @@ from derm._cli import run_command
 from derm.config import RunConfig, load_config
 from derm.errors import ConfigError
 from derm.fit_callbacks import FitCallbacks
+from derm.progress import EpochBar, set_quiet, write
 from derm.tracking import RunLogger, default_tracking_uri, ui_command
 
 TABLE_COLUMNS = ("epoch", "train_loss", "val_loss", "score", "balanced_accuracy", "dice",
@@ -32,6 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
                         help="continue an interrupted run (default: <run dir>/checkpoints/latest.pt)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar; log lines and the table still print")
     return parser.parse_args(argv)
 
 
@@ -49,24 +52,19 @@ def format_row(metrics: dict[str, Any], columns: list[str]) -> str:
 
 class ConsoleReporter(FitCallbacks):
     """The command line's callbacks: log lines and a per-epoch table on stdout, a progress bar
-    on stderr (with ``show_progress``), each epoch's metrics to the MLflow run."""
+    on stderr (``derm.progress``: at a terminal, not with ``--quiet``), each epoch's metrics
+    to the MLflow run."""
 
-    def __init__(self, mlflow_run: RunLogger | None, show_progress: bool):
-        self.mlflow_run, self.show_progress = mlflow_run, show_progress
+    def __init__(self, mlflow_run: RunLogger | None):
+        self.mlflow_run = mlflow_run
         self.columns: list[str] | None = None
+        self.bar = EpochBar()
 
     def log(self, message: str) -> None:
-        print(message)
+        write(message)
 
     def on_step(self, epoch: int, step: int, steps: int, running_loss: float) -> None:
-        if not self.show_progress:
-            return
-        width = 30
-        filled = int(width * step / steps)
-        end = "\n" if step == steps else ""
-        bar = "#" * filled + "." * (width - filled)
-        print(f"\repoch {epoch} [{bar}] {step}/{steps} loss {running_loss:.4f}", end=end, file=sys.stderr,
-              flush=True)
+        self.bar.on_step(epoch, step, steps, running_loss)
 
     def on_epoch_end(self, metrics: dict[str, Any], latest: Path | None) -> None:
         if self.columns is None:
@@ -93,7 +91,7 @@ def run(cfg: RunConfig, resume: str | None = None, use_mlflow: bool = True):
         mlflow_run = RunLogger(uri, cfg.mlflow.experiment or "derm-train", cfg.name)
         mlflow_run.log_params(cfg.to_dict())
         print(f"MLflow run {mlflow_run.run_id}; open with: {ui_command(uri)}")
-    callbacks = ConsoleReporter(mlflow_run, show_progress=sys.stderr.isatty())
+    callbacks = ConsoleReporter(mlflow_run)
     print(f"run folder: {run_dir}")
     try:
         result = fit(cfg, run_dir, callbacks=callbacks, resume=checkpoint)
@@ -117,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def command(args: argparse.Namespace) -> None:
+    set_quiet(args.quiet)
     cfg = load_config(args.config, args.overrides)
     run(cfg, resume=args.resume, use_mlflow=not args.no_mlflow)
 

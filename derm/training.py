@@ -28,10 +28,12 @@ from derm.data.loaders import PreparedData, prepare_data
 from derm.errors import ConfigError, DermError
 from derm.fit_callbacks import FitCallbacks
 from derm.losses import build_loss
-from derm.metrics import make_accumulators, sweep_score
+from derm.metrics import sweep_score
+from derm.metrics.per_image import VAL_PREDICTIONS, SplitPredictions
 from derm.models import build_model, count_parameters, param_groups
 from derm.optim import LRSchedule, build_optimizer, build_scheduler
-from derm.runtime import autocast_dtype, seed_everything, select_device
+from derm.predictions import PredictionCollector, predict_batches
+from derm.runtime import autocast_dtype, move_batch, seed_everything, select_device
 
 
 class NonFiniteLossError(DermError):
@@ -171,8 +173,8 @@ def fit(
             val_metrics, score = {}, math.nan
             parts.schedule.after_epoch(-train_losses["loss"])
         else:
-            val_metrics = evaluate(parts.model, eval_loader, cfg.task, device, amp_dtype, parts.loss_fn,
-                                   epoch=epoch + 1)
+            val_metrics, val_predictions = evaluate(parts.model, eval_loader, cfg.task, device, amp_dtype,
+                                                    parts.loss_fn, epoch=epoch + 1)
             score = sweep_score(val_metrics, cfg.task, cfg.train.score_weights)
             parts.schedule.after_epoch(score)
 
@@ -188,6 +190,10 @@ def fit(
         }
         record.add(metrics, score, scored=eval_loader is not None)
         pd.DataFrame(record.history).to_csv(run_dir / "history.csv", index=False)
+        if eval_loader is not None and record.best_epoch == epoch + 1:
+            # What the best epoch's score is made of, image by image: small arrays a sweep's
+            # leaderboard resamples for its intervals (checkpoints/val_predictions.npz).
+            val_predictions.save(run_dir / "checkpoints" / VAL_PREDICTIONS)
         checkpoint = training_checkpoint(parts, record, cfg, data)
         latest = write_checkpoints(checkpoint, run_dir / "checkpoints", cfg.train)
         callbacks.on_epoch_end(metrics, latest)
@@ -293,40 +299,11 @@ def train_one_epoch(model, loss_fn, optimizer, schedule, scaler, loader, cfg: Ru
 
 
 @torch.no_grad()
-def predict_batches(model, loader, device, amp_dtype=None, channels_last: bool = False,
-                    forward_seconds: list[float] | None = None):
-    """Yield (batch, outputs, probabilities): the model's outputs and their `output_probabilities`.
-
-    ``forward_seconds``, when given, collects each batch's model time (data loading excluded).
-    """
-    model.eval()
-    for batch in loader:
-        batch = move_batch(batch, device, channels_last)
-        started = time.perf_counter()
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outputs = model(batch["image"])
-        if forward_seconds is not None:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            forward_seconds.append(time.perf_counter() - started)
-        yield batch, outputs, output_probabilities(outputs)
-
-
-def output_probabilities(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The model's logits as float32 probabilities: sigmoid masks under "seg", softmax classes under "cls"."""
-    probs = {}
-    if "seg" in outputs:
-        probs["seg"] = torch.sigmoid(outputs["seg"].float())
-    if "cls" in outputs:
-        probs["cls"] = torch.softmax(outputs["cls"].float(), dim=1)
-    return probs
-
-
-@torch.no_grad()
 def evaluate(model, loader, task: str, device, amp_dtype=None, loss_fn=None,
-             epoch: int | None = None) -> dict[str, float]:
-    """Validation (or test) metrics of ``model`` over ``loader`` for ``task``."""
-    accumulators = make_accumulators(task)
+             epoch: int | None = None) -> tuple[dict[str, float], SplitPredictions]:
+    """Validation (or test) metrics of ``model`` over ``loader`` for ``task``, and the per-image
+    predictions they are computed from (``SplitPredictions``: what interval estimates resample)."""
+    collector = PredictionCollector(task, keep_samples=0)
     loss_sum, seen, forward_seconds = 0.0, 0, []
     for batch, outputs, probs in predict_batches(model, loader, device, amp_dtype, forward_seconds=forward_seconds):
         if not all(torch.isfinite(p).all() for p in probs.values()):
@@ -338,20 +315,12 @@ def evaluate(model, loader, task: str, device, amp_dtype=None, loss_fn=None,
             loss, _ = loss_fn(outputs, batch)
             loss_sum += loss.item() * batch["image"].shape[0]
         seen += batch["image"].shape[0]
-        for acc in accumulators:
-            acc.update_from_batch(batch, probs)
-    metrics: dict[str, float] = {}
-    for acc in accumulators:
-        metrics.update(acc.compute())
+        collector.add(batch, probs, loader.dataset.arrays)
+    predictions = collector.result(epoch=epoch)
+    metrics = predictions.metrics()
     if loss_fn is not None:
         metrics["val_loss"] = loss_sum / max(seen, 1)
     metrics["inference_ms_per_image"] = 1000 * sum(forward_seconds) / max(seen, 1)
-    return metrics
+    return metrics, predictions
 
-
-def move_batch(batch: dict, device, channels_last: bool = False) -> dict:
-    moved = {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    if channels_last:
-        moved["image"] = moved["image"].contiguous(memory_format=torch.channels_last)
-    return moved
 

@@ -12,9 +12,13 @@ import pytest
 from filelock import FileLock
 from PIL import Image
 
+from derm import progress as progress_module
 from derm.data import cache as cache_module
 from derm.data.cache import build_cache, cache_key, default_cache_dir, open_cache
 from derm.data.decoding import inspect_sample
+from derm.data.formats import load_table
+from derm.data.synthetic import write_synthetic_dataset
+from derm.progress import set_quiet
 
 SIZE = 32
 MASKS = ["lesion_mask_path", "attribute_globules_path"]
@@ -238,3 +242,27 @@ def test_the_building_process_logs_start_and_end_and_what_it_left_out(table, tmp
     messages.clear()
     build_cache(table, SIZE, tmp_path / "cache", MASKS, log=messages.append)
     assert messages == []  # found in the cache: nothing to say
+
+
+
+def test_a_build_logs_how_far_it_got_at_a_modest_rate(tmp_path, monkeypatch):
+    table = load_table(write_synthetic_dataset(tmp_path / "HAM10000", n=60, size=(32, 32)))
+    monkeypatch.setattr(progress_module, "_quiet", False)  # undone after the test, as --quiet below
+    # At the default rate (ten seconds at least between lines) a build of a second says only start and end.
+    messages = []
+    build_cache(table, SIZE, tmp_path / "cache", ["lesion_mask_path"], log=messages.append)
+    assert [m.split()[2] for m in messages] == ["decoding", "built"], messages
+
+    # Every tenth of the images, however fast: the k/N lines between the start and the end.
+    monkeypatch.setattr(cache_module, "PROGRESS_SECONDS", 0.0)
+    messages.clear()
+    arrays = build_cache(table, SIZE, tmp_path / "other-cache", ["lesion_mask_path"], log=messages.append)
+    assert messages[0] == f"decode cache: decoding 60 images at {SIZE}x{SIZE} into {arrays.directory}"
+    assert messages[1:-1] == [f"decode cache: {k}/60 images" for k in range(6, 60, 6)]
+    assert re.fullmatch(r"decode cache: built 60 images in \d+\.\d s, 0 left out", messages[-1])
+
+    # --quiet (derm.progress) keeps the start and end lines and drops the counts.
+    set_quiet(True)
+    messages.clear()
+    build_cache(table, SIZE, tmp_path / "quiet-cache", ["lesion_mask_path"], log=messages.append)
+    assert [m.split()[2] for m in messages] == ["decoding", "built"], messages

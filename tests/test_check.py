@@ -1,4 +1,5 @@
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from terminal import seen_as_terminal
 
 from derm.data.check import main
 from derm.data.decoding import check_table, decode_image, drop_bad_rows, inspect_sample
@@ -81,6 +83,19 @@ def test_cli_prints_counts_per_class_and_split_and_exits_0_on_clean_folder(ham_f
         assert counts[diagnosis][-1] == "1", out
     assert counts["total"][-1] == "7"
     assert "0 errors, 0 warnings" in out
+
+
+def test_cli_shows_a_bar_while_decoding_at_a_terminal_and_none_with_quiet(ham_folder, capsys, monkeypatch):
+    seen_as_terminal(monkeypatch)
+    assert main([str(ham_folder)]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"checking: 100%.* 7/7 .*image/s", captured.err), captured.err
+    assert "0 errors, 0 warnings" in captured.out and "checking" not in captured.out
+
+    assert main([str(ham_folder), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert "0 errors, 0 warnings" in captured.out and "total" in captured.out
 
 
 def test_no_decode_reports_only_file_level_problems(ham_folder, capsys):

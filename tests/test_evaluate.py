@@ -1,6 +1,7 @@
 """derm.evaluate: scores equal the official isic-challenge-scoring package; errors name the file."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from isic_challenge_scoring import task2 as official_task2
 from isic_challenge_scoring.segmentation import SegmentationScore
 from PIL import Image
+from terminal import seen_as_terminal
 
 from derm.errors import DataError
 from derm.evaluate import main
@@ -150,6 +152,20 @@ def test_cli_task2_and_task3_print_official_scores(tmp_path, capsys, official_cl
     printed = json.loads(capsys.readouterr().out)
     assert printed["balanced_accuracy"] == pytest.approx(official_classification(truth_csv, pred_csv).overall,
                                                          abs=1e-6)
+
+
+def test_cli_shows_a_bar_while_reading_masks_at_a_terminal_and_none_with_quiet(tmp_path, capsys, monkeypatch):
+    seen_as_terminal(monkeypatch)
+    truth_dir, pred_dir = write_task1(tmp_path, seed=1)
+    assert main(["--task", "task1", str(truth_dir), str(pred_dir)]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"scoring: 100%.* 10/10 .*mask/s", captured.err), captured.err
+    shown = json.loads(captured.out)  # the bar never reaches stdout
+
+    assert main(["--task", "task1", str(truth_dir), str(pred_dir), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert json.loads(captured.out) == shown
 
 
 # ---------------------------------------------------------------- user mistakes

@@ -5,6 +5,7 @@ import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -119,10 +120,11 @@ def test_tables_show_the_metrics_of_their_task(task, metric, shown, absent):
     header = header_of(table)
     assert header[:2] == ["#", "Model/Backbone"]
     assert set(shown) <= set(header) and not set(absent) & set(header)
-    assert ["lr", "weight_decay", "Epochs", "Params (M)", "ms/image", "Status", "Trial"] == header[-7:]
+    # Searched keys under headers that say what they are (not a bare "lr" or "name").
+    assert ["learning rate", "weight decay", "Epochs", "Params (M)", "ms/image", "Status", "Trial"] == header[-7:]
     row = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
     expected_model = "MobileNetV2 (encoder only)" if task == "classification" else "Unet/MobileNetV2"
-    assert row[1] == expected_model and row[header.index("weight_decay")] == "0.0001"
+    assert row[1] == expected_model and row[header.index("weight decay")] == "0.0001"
 
 
 def test_parse_formats_rejects_unknown_names():
@@ -139,9 +141,9 @@ def read_markdown(path):
     return pd.DataFrame(rows[2:], columns=rows[0])
 
 
-MULTITASK_HEADERS = ["#", "Model/Backbone", "Pareto", "Score", "Accuracy", "Bal. acc.", "Precision (w)",
+MULTITASK_HEADERS = ["#", "Model/Backbone", "Pareto", "≈ #1", "Score", "Accuracy", "Bal. acc.", "Precision (w)",
                      "Recall (w)", "F1 (w)", "F1 (macro)", "AUROC", "Dice", "IoU", "Jaccard (thr. 0.65)",
-                     "Epochs", "Params (M)", "ms/image", "Status", "Trial"]
+                     "score 95% CI", "Epochs", "Params (M)", "ms/image", "Status", "Trial"]
 
 
 def test_export_writes_all_formats_ranked_with_the_failed_trial_last(finished_sweep, tmp_path, capsys):
@@ -212,3 +214,27 @@ def test_errors_are_one_line_usage_mistakes_exit_2_a_sweep_without_trials_1(fini
     assert main([str(finished_sweep), "--format", "md,pdf"]) == 2
     assert main([str(finished_sweep), "--top", "0"]) == 2
     assert all(line.startswith("error:") for line in capsys.readouterr().err.splitlines())
+
+
+def test_a_sweep_too_small_for_parameter_importance_says_so_in_every_format(finished_sweep, tmp_path):
+    out = tmp_path / "results"
+    assert main([str(finished_sweep), "--out", str(out), "--format", "md,html,json"]) == 0
+    line = ("Parameter importance not computed: 2 trials count, fewer than the 8 it needs "
+            "(2 completed, 0 stopped early; not counted: 1 failed).")
+    assert (out / "leaderboard.md").read_text().splitlines()[-1] == line
+    assert line in (out / "leaderboard.html").read_text()
+    importance = json.loads((out / "leaderboard.json").read_text())["importance"]
+    assert importance["computed"] is False and importance["note"] == line
+    assert not {"importance.png", "parallel_coordinates.png"} & {p.name for p in (out / "plots").iterdir()}
+
+
+def test_the_shipped_spaces_hyperparameter_headers_say_what_they_are():
+    from derm.search_space import load_search_space
+    from derm.sweep.table import hyperparameter_headers
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("unet", "multitask", "classification", "attributes"):
+        headers = hyperparameter_headers(load_search_space(root / "search_spaces" / f"{name}.yaml"))
+        assert not {"name", "seg", "cls", "lr"} & set(headers.values()), (name, headers)
+    unet = hyperparameter_headers(load_search_space(root / "search_spaces" / "unet.yaml"))
+    assert (unet["optim.name"], unet["loss.seg"], unet["loss.cls"]) == ("optimizer", "seg loss", "cls loss")

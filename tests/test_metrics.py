@@ -21,7 +21,6 @@ from derm.metrics import (
     expected_calibration_error,
     jaccard_from_counts,
     macro_auroc,
-    make_accumulators,
     predicted_labels,
     sweep_score,
     thresholded_jaccard,
@@ -286,14 +285,6 @@ def test_balanced_accuracy_function_counts_ties_wrong():
     assert balanced_accuracy([0, UNDECIDED], [0, 0], n_classes=2) == 0.5
 
 
-def test_classification_update_from_batch_skips_unlabelled_rows():
-    acc = ClassificationAccumulator()
-    probs = torch.softmax(torch.tensor([[3.0, 0, 0, 0, 0, 0, 0], [0, 3.0, 0, 0, 0, 0, 0]]), dim=1)
-    acc.update_from_batch({"label": torch.tensor([0, -1])}, {"cls": probs})
-    assert acc.arrays()[1].tolist() == [0]
-    assert acc.compute()["accuracy"] == 1.0
-
-
 def test_empty_accumulators_say_so():
     for acc in (ClassificationAccumulator(), SegmentationAccumulator(), AttributeAccumulator()):
         with pytest.raises(DataError, match="at least one"):
@@ -321,15 +312,26 @@ def test_sweep_score_defaults_and_custom_weights():
     ("attributes", 5, {"jaccard_micro", "jaccard_globules"}),
     ("classification", 0, {"balanced_accuracy", "auroc", "ece"}),
 ])
-def test_make_accumulators_feed_from_training_batches(task, channels, keys):
+def test_each_task_reports_the_metrics_config_validation_knows(task, channels, keys):
+    # derm.metric_names lists, without numpy, what a sweep.metric or score weight may name;
+    # the per-image predictions a training batch gives must report exactly within it.
+    from derm.metric_names import TASK_METRICS
+    from derm.predictions import PredictionCollector
+
     generator = torch.Generator().manual_seed(0)
     batch = {"mask": (torch.rand(4, channels, 8, 8, generator=generator) > 0.5).float(),
-             "label": torch.tensor([0, 1, 2, -1])}
-    probs = {"seg": torch.rand(4, channels, 8, 8, generator=generator),
-             "cls": torch.softmax(torch.randn(4, 7, generator=generator), dim=1)}
-    metrics = {}
-    for acc in make_accumulators(task):
-        acc.update_from_batch(batch, probs)
-        metrics.update(acc.compute())
-    assert keys <= set(metrics)
+             "label": torch.tensor([0, 1, 2, -1]), "index": torch.arange(4),
+             "has_mask": torch.ones(4, dtype=torch.bool)}
+    probs = {"cls": torch.softmax(torch.randn(4, 7, generator=generator), dim=1)} if task in (
+        "multitask", "classification") else {}
+    if channels:
+        probs["seg"] = torch.rand(4, channels, 8, 8, generator=generator)
+
+    class Arrays:  # what the collector reads of the decode-once cache
+        image_ids = ["a", "b", "c", "d"]
+
+    collector = PredictionCollector(task, keep_samples=0)
+    collector.add(batch, probs, Arrays())
+    metrics = collector.result().metrics()
+    assert keys <= set(metrics) <= set(TASK_METRICS[task])
     assert np.isfinite(sweep_score(metrics, task))

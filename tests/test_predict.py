@@ -1,5 +1,6 @@
 """derm.predict: submission files at original size that the official scorer accepts; TTA; errors."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from isic_challenge_scoring import task2 as official_task2
 from isic_challenge_scoring.segmentation import SegmentationScore
 from PIL import Image
+from terminal import seen_as_terminal
 
 from derm.checkpoint import load_checkpoint, save_checkpoint
 from derm.config import config_from_dict
@@ -108,6 +110,23 @@ def test_multitask_cli_writes_masks_csv_and_overlays_at_original_sizes(multitask
     assert sorted(table["image"]) == sorted(sizes)
     assert np.allclose(table[list(CLASSES)].sum(axis=1), 1.0, atol=1e-9)
     assert ((table[list(CLASSES)] >= 0) & (table[list(CLASSES)] <= 1)).all().all()
+
+
+def test_cli_shows_a_bar_by_images_at_a_terminal_and_none_with_quiet(multitask_checkpoint, tmp_path, capsys,
+                                                                     monkeypatch):
+    seen_as_terminal(monkeypatch)
+    common = [str(multitask_checkpoint), str(ISIC_IMAGES), "--batch-size", "4", "--no-overlays"]
+    assert main([*common, "--out", str(tmp_path / "shown")]) == 0
+    captured = capsys.readouterr()
+    # 6 images in batches of 4: the bar counts images, not batches.
+    assert re.search(r"predicting: 100%.* 6/6 .*image/s", captured.err), captured.err
+    assert "predicted 6 images" in captured.out
+
+    assert main([*common, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert "predicted 6 images" in captured.out
+    assert len(list((tmp_path / "quiet").glob("*_segmentation.png"))) == 6
 
 
 def test_attribute_model_writes_the_five_task2_masks(attributes_checkpoint, mixed_folder, tmp_path):

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-import derm.retrain.ensemble
+import derm.predictions
 import derm.training
 from derm.checkpoint import load_checkpoint
 from derm.data.loaders import truth_masks
@@ -20,7 +20,7 @@ from derm.inference import Predictor, load_model
 from derm.labels import CLASSES
 from derm.metrics.bootstrap import bootstrap_ci, percentile_interval, resample_indices
 from derm.retrain import load_test_split
-from derm.retrain.ensemble import SplitPredictions
+from derm.metrics.per_image import SplitPredictions
 from derm.retrain.summary import bootstrap_strata
 from derm.retrain_best import main
 
@@ -49,7 +49,7 @@ def retrained(finished_sweep, tmp_path_factory):
     """`python -m derm.retrain_best --seeds 2` on the finished sweep, with spies on what it reads."""
     out = tmp_path_factory.mktemp("retrained") / "best"
     trained_on, evaluated, evaluate_calls = set(), [], []
-    real_epoch, real_predict = derm.training.train_one_epoch, derm.retrain.ensemble.predict_split
+    real_epoch, real_predict = derm.training.train_one_epoch, derm.predictions.predict_split
 
     def recording_epoch(model, loss_fn, optimizer, schedule, scaler, loader, *args, **kwargs):
         return real_epoch(model, loss_fn, optimizer, schedule, scaler, RecordingLoader(loader, trained_on),
@@ -64,7 +64,7 @@ def retrained(finished_sweep, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
         patch.setattr(derm.training, "train_one_epoch", recording_epoch)
         patch.setattr(derm.training, "evaluate", lambda *a, **k: evaluate_calls.append(a) or {})
-        patch.setattr(derm.retrain.ensemble, "predict_split", recording_predict)
+        patch.setattr(derm.predictions, "predict_split", recording_predict)
         code = main([str(finished_sweep), "--seeds", "2", "--bootstrap", "50", "--out", str(out)])
     assert code == 0
     return {"out": out, "trained_on": trained_on, "evaluated": evaluated, "evaluate_calls": evaluate_calls,
@@ -144,7 +144,7 @@ def test_model_pt_loads_safely_and_reproduces_the_first_seeds_metrics(retrained)
     assert state["epoch"] == json.loads((out / "metrics.json").read_text())["epochs"]
     model, cfg = load_model(out / "model.pt", torch.device("cpu"))
     loader, rows = load_test_split(cfg, retrained["split"], torch.device("cpu"), log=lambda message: None)
-    (predictions,), _ = derm.retrain.ensemble.predict_split([model], loader, torch.device("cpu"), cfg.task,
+    (predictions,), _ = derm.predictions.predict_split([model], loader, torch.device("cpu"), cfg.task,
                                                     truth_masks=truth_masks(rows, cfg.task))
     first_seed = json.loads((out / "metrics.json").read_text())["seeds"][0]["metrics"]
     for name, value in predictions.metrics().items():

@@ -9,7 +9,8 @@ import torch
 from derm.data.splits import read_split
 from derm.inference import load_model
 from derm.retrain import load_test_split
-from derm.retrain.ensemble import average_probabilities, predict_split
+from derm.metrics import ClassificationAccumulator, SegmentationAccumulator
+from derm.predictions import average_probabilities, predict_batches, predict_split
 from derm.retrain_best import main
 from derm.training import evaluate
 
@@ -58,12 +59,19 @@ def test_the_ensemble_of_two_trained_models_is_the_mean_of_their_probabilities(s
         assert ensemble.lesion_counts[k, 1] == np.sum(predicted & ~truth)
 
 
-def test_per_image_predictions_score_exactly_as_the_training_loop_evaluates(sweep_models):
+def test_the_training_loop_scores_its_per_image_predictions_as_the_isic_accumulators_do(sweep_models):
     models, cfg, loader = sweep_models
-    (predictions,), _ = predict_split(models[:1], loader, CPU, cfg.task)
-    expected = evaluate(models[0], loader, cfg.task, CPU)
-    for name, value in predictions.metrics().items():
-        assert value == pytest.approx(expected[name], abs=1e-9), name
+    metrics, predictions = evaluate(models[0], loader, cfg.task, CPU)
+    classes, lesions = ClassificationAccumulator(), SegmentationAccumulator()
+    for batch, _, probs in predict_batches(models[0], loader, CPU):
+        classes.update(probs["cls"], batch["label"])
+        lesions.update(probs["seg"], batch["mask"])
+    expected = {**classes.compute(), **lesions.compute()}
+    assert len(predictions) == len(loader.dataset) and set(expected) <= set(metrics)
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(value, abs=1e-9), name
+    (alone,), _ = predict_split(models[:1], loader, CPU, cfg.task)
+    assert alone.metrics() == pytest.approx(predictions.metrics())
     # Scoring a resample: the first image twice counts twice.
     twice = predictions.metrics(np.array([0, 0]))
     assert twice["accuracy"] in (0.0, 1.0)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from derm.labels import ATTRIBUTES
-from derm.retrain.ensemble import Sample, SplitPredictions
+from derm.metrics.per_image import Sample, SplitPredictions
 from derm.figures import safe_file_stem
 from derm.retrain.report import (
     bootstrap_line, classification_report_text, format_summary, markdown_table, plot_calibration, row_normalised,

@@ -13,6 +13,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from terminal import seen_as_terminal
 
 from derm.data.synth import main
 from derm.data.synthetic import ham10000_class_counts, write_synthetic_dataset
@@ -190,6 +191,21 @@ def test_command_line(tmp_path, capsys):
         assert image.size == (40, 32)
     assert main([str(tmp_path / "bad"), "--size", "big"]) != 0
     assert capsys.readouterr().err.strip() == "error: --size 'big' is not WIDTHxHEIGHT, e.g. 128x128"
+
+
+def test_command_line_shows_a_bar_while_writing_at_a_terminal_and_none_with_quiet(tmp_path, capsys, monkeypatch):
+    seen_as_terminal(monkeypatch)
+    assert main([str(tmp_path / "ham"), "--n", "21", "--size", "32x32"]) == 0
+    captured = capsys.readouterr()
+    assert re.search(r"writing: 100%.* 21/21 .*image/s", captured.err), captured.err
+    assert captured.out.startswith("wrote 21 ham10000 images")
+    assert main([str(tmp_path / "task2"), "--layout", "isic2018-task2", "--n", "4", "--size", "32x32"]) == 0
+    assert re.search(r"writing: 100%.* 4/4 ", capsys.readouterr().err)
+
+    assert main([str(tmp_path / "quiet"), "--n", "21", "--size", "32x32", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.startswith("wrote 21 ham10000 images")
 
 
 def test_load_table_reads_both_layouts_without_problems(ham, task2):

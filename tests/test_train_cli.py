@@ -1,9 +1,11 @@
 """`python -m derm.train`: progress, outputs, MLflow, and config mistakes caught first."""
 
+import re
 import subprocess
 import sys
 
 import yaml
+from terminal import seen_as_terminal
 
 
 def run_train(*args, timeout=600):
@@ -41,6 +43,31 @@ def test_train_prints_progress_and_writes_checkpoint_config_and_mlflow_run(ham_d
     assert run.info.status == "FINISHED"
     assert run.data.params["train.epochs"] == "2"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "score")] == [1, 2]
+
+
+def test_train_draws_one_bar_per_epoch_at_a_terminal_and_none_with_quiet(ham_demo, tmp_path, capsys, monkeypatch):
+    from derm.train import main
+
+    seen_as_terminal(monkeypatch)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "bar", "task": "multitask", "out_dir": str(tmp_path / "runs"),
+        "data": {"root": str(ham_demo), "image_size": 32, "num_workers": 0},
+        "model": {"encoder": "resnet18", "encoder_weights": None},
+        "train": {"epochs": 2, "batch_size": 16},
+    }))
+    assert main([str(config), "--no-mlflow"]) == 0
+    captured = capsys.readouterr()
+    on_screen = [line.rsplit("\r", 1)[-1] for line in captured.err.split("\n")[:-1]]  # each bar's last state
+    assert len(on_screen) == 2, captured.err
+    for epoch, line in enumerate(on_screen, 1):
+        assert re.match(rf"epoch {epoch}: 100%.* (\d+)/\1 .*batch.*, loss=\d+\.\d{{4}}\]", line), line
+    assert "%|" not in captured.out  # the bar stays off stdout, where the table goes
+
+    assert main([str(config), "name=quiet", "train.epochs=1", "--no-mlflow", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert "best epoch" in captured.out and "train_loss" in captured.out  # the table still prints
 
 
 def test_typos_fail_before_any_data_is_read(tmp_path):

@@ -19,7 +19,8 @@ from derm.config import config_from_dict
 from derm.data.formats import load_table
 from derm.errors import ConfigError
 from derm.fit_callbacks import FitCallbacks
-from derm.training import NonFiniteLossError, fit, output_probabilities
+from derm.predictions import output_probabilities
+from derm.training import NonFiniteLossError, fit
 
 
 class OnEpochEnd(FitCallbacks):
@@ -275,3 +276,16 @@ def test_auto_amp_uses_bf16_only_where_the_gpu_has_it_natively(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # an A100
     assert autocast_dtype("auto", cuda) == torch.bfloat16
     assert autocast_dtype("auto", torch.device("cpu")) is None
+
+
+def test_the_best_epochs_validation_predictions_are_kept_beside_the_checkpoints(ham_demo, tmp_path):
+    from derm.metrics.per_image import VAL_PREDICTIONS, SplitPredictions
+
+    cfg = make_config(ham_demo, "multitask", tmp_path, data={"root": str(ham_demo), "image_size": 32,
+                                                             "augment": "none", "num_workers": 0})
+    result = fit(cfg, tmp_path / "run")
+    predictions = SplitPredictions.load(tmp_path / "run" / "checkpoints" / VAL_PREDICTIONS)
+    assert predictions.epoch == result.best_epoch
+    assert len(predictions) == (pd.read_csv(tmp_path / "run" / "split.csv")["split"] == "val").sum()
+    for name in ("balanced_accuracy", "dice", "isic_task1_jaccard"):
+        assert predictions.metrics()[name] == pytest.approx(result.best_metrics[name])

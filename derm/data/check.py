@@ -1,10 +1,11 @@
 """``python -m derm.data.check DATASET``: every problem of a dataset folder, by file.
 
-    python -m derm.data.check data/HAM10000 [--layout ham10000] [--no-decode]
+    python -m derm.data.check data/HAM10000 [--layout ham10000] [--no-decode] [--quiet]
 
 prints the images per class and split, then every problem as ``path: problem`` (file
 level from ``derm.data.formats``, decode level from ``derm.data.decoding``), and exits 1
-when any problem is an error or the folder cannot be read, 2 for a usage mistake.
+when any problem is an error or the folder cannot be read, 2 for a usage mistake. While
+it decodes, a progress bar shows on stderr at a terminal (none with ``--quiet``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from derm.data.decoding import check_table
 from derm.data.formats import LAYOUTS, load_table
 from derm.data.splits import SPLITS, make_split
 from derm.labels import CLASSES
+from derm.progress import set_quiet
 
 
 def count_table(table: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
@@ -42,6 +44,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--layout", default="auto", choices=["auto", *LAYOUTS])
     parser.add_argument("--no-decode", dest="decode", action="store_false",
                         help="only file-level checks; do not open images and masks")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar; the counts and problems still print")
     return parser.parse_args(argv)
 
 
@@ -52,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def command(args: argparse.Namespace) -> int:
+    set_quiet(args.quiet)
     with warnings.catch_warnings(record=True) as notes:  # e.g. "no lesion ids": one line, no source line
         warnings.simplefilter("always")
         table = load_table(Path(args.root), layout=args.layout)

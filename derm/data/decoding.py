@@ -25,6 +25,7 @@ from PIL import Image, ImageFile
 from derm.data.problems import Problem
 from derm.errors import DataError
 from derm.labels import ATTRIBUTES
+from derm.progress import progress
 from derm.runtime import available_cpus
 
 logger = logging.getLogger(__name__)
@@ -214,16 +215,17 @@ def check_table(table: pd.DataFrame, *, decode: bool = True, workers: int | None
     """Every problem with a dataset table: file-level ones from load_table, then decode-level ones.
 
     With `decode`, opens each image and each mask the row names (see
-    `inspect_sample`). A row naming no mask is not a problem here: which images
-    should have masks depends on the layout (ISIC 2018 Task 3 images have none),
-    so load_table reports the missing ones.
+    `inspect_sample`), with a progress bar (`derm.progress`). A row naming no mask
+    is not a problem here: which images should have masks depends on the layout
+    (ISIC 2018 Task 3 images have none), so load_table reports the missing ones.
     """
     problems = list(table.attrs.get("problems", []))
     if not decode:
         return problems
     records = table.to_dict("records")
     jobs = ((r, [c for c in MASK_COLUMNS if not _is_missing(r.get(c))]) for r in records)
-    for _, row_problems in inspect_samples(jobs, size=CHECK_DECODE_SIZE, workers=workers):
+    inspected = inspect_samples(jobs, size=CHECK_DECODE_SIZE, workers=workers)
+    for _, row_problems in progress(inspected, total=len(records), desc="checking", unit="image"):
         problems.extend(row_problems)
     return problems
 

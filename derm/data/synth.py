@@ -2,7 +2,8 @@
 
     python -m derm.data.synth data/demo --layout ham10000 --n 300 --size 64x64 --seed 0
 
-The generator is ``derm.data.synthetic`` (``write_synthetic_dataset``).
+The generator is ``derm.data.synthetic`` (``write_synthetic_dataset``). While it writes, a
+progress bar shows on stderr at a terminal (none with ``--quiet``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from derm._cli import run_command
 from derm.data.synthetic import LAYOUTS, write_synthetic_dataset
 from derm.errors import ConfigError
+from derm.progress import set_quiet
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -35,6 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=500, help="number of images (default 500)")
     parser.add_argument("--size", default="128x128", help="image size WIDTHxHEIGHT (default 128x128)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar; the closing line still prints")
     return parser.parse_args(argv)
 
 
@@ -45,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def command(args: argparse.Namespace) -> None:
+    set_quiet(args.quiet)
     root = write_synthetic_dataset(args.out, args.layout, args.n, parse_size(args.size), args.seed)
     print(f"wrote {args.n} {args.layout} images to {root}")
 

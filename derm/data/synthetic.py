@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 
 from derm.errors import ConfigError
 from derm.labels import ATTRIBUTES
+from derm.progress import progress
 
 __all__ = ["LAYOUTS", "ham10000_class_counts", "write_synthetic_dataset"]
 
@@ -462,19 +463,21 @@ def _write_ham10000(root: Path, n: int, size, seed: int) -> None:
     for folder in [*folders, masks]:
         folder.mkdir(parents=True)
     rows = []
-    for number, (dx, images) in sorted(zip(lesion_numbers.tolist(), groups)):
-        rng = np.random.default_rng([seed, 2, number])
-        lesion = _make_lesion(rng, dx, HAM10000_ATTRIBUTE_RATES.get(dx, {}))
-        metadata = _metadata(rng, dx)
-        for repeat in range(images):
-            index = int(next(image_numbers))
-            image_id = f"ISIC_{FIRST_HAM10000_ID + index:07d}"
-            view_rng = np.random.default_rng([seed, 3, index])
-            pixels, lesion_mask, _ = _render(view_rng, lesion, size, **_view_jitter(view_rng, repeat == 0))
-            # like the original, the first half of the ids sits in part 1
-            _save_image(folders[index >= (n + 1) // 2] / f"{image_id}.jpg", pixels)
-            _save_mask(masks / f"{image_id}_segmentation.png", lesion_mask)
-            rows.append({"lesion_id": f"HAM_{number:07d}", "image_id": image_id, "dx": dx, **metadata})
+    with progress(total=n, desc="writing", unit="image") as bar:
+        for number, (dx, images) in sorted(zip(lesion_numbers.tolist(), groups)):
+            rng = np.random.default_rng([seed, 2, number])
+            lesion = _make_lesion(rng, dx, HAM10000_ATTRIBUTE_RATES.get(dx, {}))
+            metadata = _metadata(rng, dx)
+            for repeat in range(images):
+                index = int(next(image_numbers))
+                image_id = f"ISIC_{FIRST_HAM10000_ID + index:07d}"
+                view_rng = np.random.default_rng([seed, 3, index])
+                pixels, lesion_mask, _ = _render(view_rng, lesion, size, **_view_jitter(view_rng, repeat == 0))
+                # like the original, the first half of the ids sits in part 1
+                _save_image(folders[index >= (n + 1) // 2] / f"{image_id}.jpg", pixels)
+                _save_mask(masks / f"{image_id}_segmentation.png", lesion_mask)
+                rows.append({"lesion_id": f"HAM_{number:07d}", "image_id": image_id, "dx": dx, **metadata})
+                bar.update()
     table = pd.DataFrame(rows, columns=METADATA_COLUMNS).astype({"age": "Int64"})
     table.to_csv(root / "HAM10000_metadata.csv", index=False, lineterminator="\r\n")
 
@@ -497,7 +500,8 @@ def _write_task2(root: Path, n: int, size, seed: int) -> None:
     attributes = root / "ISIC2018_Task2_Training_GroundTruth_v3"
     for folder in (images, masks, attributes):
         folder.mkdir(parents=True)
-    for index, lesion in enumerate(_task2_lesions(np.random.default_rng([seed, 0]), n)):
+    lesions = _task2_lesions(np.random.default_rng([seed, 0]), n)
+    for index, lesion in enumerate(progress(lesions, desc="writing", unit="image")):
         image_id = f"ISIC_{index:07d}"
         view_rng = np.random.default_rng([seed, 3, index])
         pixels, lesion_mask, attribute_masks = _render(view_rng, lesion, size, **_view_jitter(view_rng, True))

@@ -39,7 +39,8 @@ Attributes (ISIC 2018 Task 2; ``AttributeAccumulator``, channels in ``derm.label
 recomputed on resampled images (``derm.metrics.bootstrap``).
 
 ``sweep_score(metrics, task, weights)`` turns a metrics dict into the one number a
-sweep maximises; ``make_accumulators(task)`` gives the accumulators a task needs.
+sweep maximises. ``derm.metrics.per_image.SplitPredictions`` keeps a model's per-image
+records, from which these metrics (of all images, or of a bootstrap resample) follow.
 """
 
 from derm.metrics.bootstrap import bootstrap_ci, percentile_interval, resample_indices
@@ -63,7 +64,7 @@ from derm.metrics.confusion import (
     thresholded_jaccard,
     to_numpy,
 )
-from derm.metrics.score import DEFAULT_SCORE_WEIGHTS, make_accumulators, sweep_score
+from derm.metrics.score import DEFAULT_SCORE_WEIGHTS, sweep_score
 from derm.metrics.segmentation import (
     AttributeAccumulator,
     SegmentationAccumulator,
@@ -91,7 +92,6 @@ __all__ = [
     "jaccard_from_counts",
     "lesion_scores",
     "macro_auroc",
-    "make_accumulators",
     "normalized_confusion_counts",
     "percentile_interval",
     "precision_recall_f1",

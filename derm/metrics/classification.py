@@ -169,12 +169,6 @@ class ClassificationAccumulator:
         self._probabilities.append(probabilities)
         self._labels.append(labels)
 
-    def update_from_batch(self, batch: dict, probs: dict) -> None:
-        """Training-loop hook: ``probs["cls"]`` against ``batch["label"]``; rows labelled -1 are skipped."""
-        labels = to_numpy(batch["label"]).reshape(-1)
-        labelled = labels >= 0
-        self.update(to_numpy(probs["cls"])[labelled], labels[labelled])
-
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """All probabilities (N, n_classes) and labels (N,) seen so far."""
         if not self._labels:

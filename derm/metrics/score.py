@@ -1,4 +1,4 @@
-"""Which accumulators a task needs, and the one number a sweep maximises."""
+"""The one number a sweep maximises: a weighted sum of a task's metrics."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from collections.abc import Mapping
 
 from derm.errors import ConfigError
 from derm.labels import TASKS
-from derm.metrics.classification import ClassificationAccumulator
-from derm.metrics.segmentation import AttributeAccumulator, SegmentationAccumulator
 
 # Default sweep score per task: metric name -> weight, score = sum of weight x metric.
 DEFAULT_SCORE_WEIGHTS: dict[str, dict[str, float]] = {
@@ -22,21 +20,6 @@ DEFAULT_SCORE_WEIGHTS: dict[str, dict[str, float]] = {
 def _check_task(task: str) -> None:
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-
-
-def make_accumulators(task: str) -> list:
-    """Fresh metric accumulators for one evaluation pass of ``task``.
-
-    Each has ``update_from_batch(batch, probs)`` and ``compute() -> dict``; their
-    dicts never share a key, so the loop merges them.
-    """
-    _check_task(task)
-    return {
-        "multitask": lambda: [ClassificationAccumulator(), SegmentationAccumulator()],
-        "attributes": lambda: [AttributeAccumulator()],
-        "segmentation": lambda: [SegmentationAccumulator()],
-        "classification": lambda: [ClassificationAccumulator()],
-    }[task]()
 
 
 def sweep_score(metrics: Mapping[str, float], task: str, weights: Mapping[str, float] | None = None) -> float:

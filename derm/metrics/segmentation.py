@@ -88,22 +88,6 @@ class SegmentationAccumulator:
         true_masks = _as_image_masks(true, 0.5)
         self._counts.append(np.stack(confusion_counts(pred_masks, true_masks), axis=1))
 
-    def update_from_batch(self, batch: dict, probs: dict) -> None:
-        """Training-loop hook: ``probs["seg"]`` (B, 1, S, S) against ``batch["mask"]``.
-
-        Images whose ``batch["has_mask"]`` is False (no mask file, e.g. ISIC 2018 Task 3
-        images in a multitask run) are left out.
-        """
-        if batch["mask"].shape[1] != 1:
-            raise DataError(f"lesion segmentation needs one lesion mask per image; the batch has "
-                            f"{batch['mask'].shape[1]} mask channels")
-        probabilities, masks = probs["seg"], batch["mask"]
-        if "has_mask" in batch:
-            keep = batch["has_mask"].bool()
-            probabilities, masks = probabilities[keep], masks[keep]
-        if len(masks):
-            self.update(probabilities, masks)
-
     def counts(self) -> np.ndarray:
         """(N, 4) int64 per-image counts, columns tp, fp, fn, tn."""
         return np.concatenate(self._counts) if self._counts else np.zeros((0, 4), np.int64)
@@ -153,13 +137,6 @@ class AttributeAccumulator:
             raise ValueError(f"attribute masks must be (N, {len(self.names)}, H, W), got shape {pred_masks.shape}")
         self._sums += normalized_confusion_counts(pred_masks, true_masks).sum(axis=0)
         self.images += pred_masks.shape[0]
-
-    def update_from_batch(self, batch: dict, probs: dict) -> None:
-        """Training-loop hook: ``probs["seg"]`` (B, 5, S, S) against ``batch["mask"]``."""
-        if batch["mask"].shape[1] != len(self.names):
-            raise DataError(f"attribute metrics need {len(self.names)} masks per image "
-                            f"({', '.join(self.names)}); the batch has {batch['mask'].shape[1]}")
-        self.update(probs["seg"], batch["mask"])
 
     def summed_counts(self) -> np.ndarray:
         """(C, 4) normalised tp, fp, fn, tn summed over images, one row per attribute."""

@@ -33,7 +33,7 @@ from sklearn.metrics import auc, classification_report, roc_curve
 from derm.labels import ATTRIBUTES, CLASSES
 from derm.metrics import confusion_matrix, dice_from_counts, expected_calibration_error, predicted_labels
 from derm.metrics.classification import ECE_BINS
-from derm.retrain.ensemble import CLASS_TASKS, LESION_TASKS, Sample, SplitPredictions
+from derm.metrics.per_image import CLASS_TASKS, LESION_TASKS, Sample, SplitPredictions
 from derm.figures import new_figure, safe_file_stem, save_figure
 from derm.text_formats import pipe_table
 

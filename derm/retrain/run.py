@@ -17,6 +17,8 @@ import pandas as pd
 
 from derm.config import RunConfig
 from derm.errors import ConfigError, DataError
+from derm.fit_callbacks import LogOnly
+from derm.progress import EpochBar, progress
 from derm.retrain.outputs import finish_mlflow_run, start_mlflow_run, write_outputs
 from derm.retrain.selection import choose_trials, member_config, plan_members
 from derm.retrain.summary import summarise
@@ -32,12 +34,37 @@ class RetrainResult:
     files: list[Path] = field(default_factory=list)
 
 
+class RetrainCallbacks(LogOnly):
+    """fit's log lines to ``write`` and its steps as the bar ``derm.train`` draws (`derm.progress.EpochBar`)."""
+
+    def __init__(self, write: Callable[[str], None]):
+        super().__init__(write)
+        self.bar = EpochBar()
+
+    def on_step(self, epoch: int, step: int, steps: int, running_loss: float) -> None:
+        self.bar.on_step(epoch, step, steps, running_loss)
+
+
+class LoaderWithBar:
+    """A loader iterated with a progress bar by batches; ``dataset`` stays readable (predict_split reads it)."""
+
+    def __init__(self, loader, desc: str):
+        self.loader, self.dataset, self.desc = loader, loader.dataset, desc
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        with progress(self.loader, total=len(self.loader), desc=self.desc, unit="batch") as batches:
+            yield from batches
+
+
 def retrain(cfg: RunConfig, run_dir: Path, split: pd.Series, log: Callable[[str], None] = print):
     """Fit ``cfg`` on train+val with no per-epoch evaluation; the test split is never read."""
-    from derm.fit_callbacks import LogOnly
     from derm.training import fit
 
-    return fit(cfg, run_dir, callbacks=LogOnly(log), split=split, train_on=("train", "val"), evaluate_on=None)
+    return fit(cfg, run_dir, callbacks=RetrainCallbacks(log), split=split, train_on=("train", "val"),
+               evaluate_on=None)
 
 
 def load_test_split(cfg: RunConfig, split: pd.Series, device, log: Callable[[str], None] = print):
@@ -76,7 +103,7 @@ def retrain_best(sweep_dir: str | Path, *, rank: int = 1, top: int | None = None
 
     from derm.data.loaders import truth_masks
     from derm.inference import load_model
-    from derm.retrain.ensemble import predict_split
+    from derm.predictions import predict_split
     from derm.runtime import autocast_dtype, select_device
 
     if ensemble != (top is not None):
@@ -107,8 +134,8 @@ def retrain_best(sweep_dir: str | Path, *, rank: int = 1, top: int | None = None
         truth = truth_masks(rows, first.task) if first.task != "classification" else None
         with torch.inference_mode():
             member_predictions, mean_predictions = predict_split(
-                models, loader, device, first.task, amp_dtype=autocast_dtype(first.train.amp, device),
-                keep_samples=samples, truth_masks=truth)
+                models, LoaderWithBar(loader, "testing"), device, first.task,
+                amp_dtype=autocast_dtype(first.train.amp, device), keep_samples=samples, truth_masks=truth)
         result = RetrainResult(out, {}, member_predictions, mean_predictions if ensemble else None)
         result.summary = summarise(plan, members, result, bootstrap, bootstrap_seed)
         result.files = write_outputs(result, members, checkpoints)

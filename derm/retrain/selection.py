@@ -19,7 +19,8 @@ import pandas as pd
 from derm.config import RunConfig
 from derm.errors import ConfigError
 from derm.search_space import config_key, resolve_trial_config
-from derm.sweep.board import load_trials, rank_trials
+from derm.sweep.board import HALVED, load_trials, rank_sweep_trials
+from derm.sweep.trainable import halved_batch
 
 ELIGIBLE = ("completed", "stopped early")
 
@@ -66,10 +67,14 @@ def trial_params(row: pd.Series, searched_keys: Sequence[str]) -> dict[str, Any]
 
 
 def choose_trials(plan, ranks: Sequence[int]) -> list[Candidate]:
-    """The sweep's trials at ``ranks`` (completed or stopped early only), configs resolved."""
+    """The sweep's trials at ``ranks`` (completed or stopped early only, at half the batch when
+    they ran out of memory at theirs), configs resolved."""
     space = plan.space
-    board = rank_trials(load_trials(plan.experiment_path), space.sweep.metric, space.sweep.mode, space.max_epochs)
-    eligible = board[board["status"].isin(ELIGIBLE) & board["epoch"].notna()] if not board.empty else board
+    board = rank_sweep_trials(load_trials(plan.experiment_path), space.sweep, space.max_epochs)
+    if board.empty:
+        eligible = board
+    else:
+        eligible = board[board["status"].str.removesuffix(HALVED).isin(ELIGIBLE) & board["epoch"].notna()]
     candidates = []
     for rank in ranks:
         rows = eligible[eligible["rank"] == rank] if not eligible.empty else eligible
@@ -79,8 +84,11 @@ def choose_trials(plan, ranks: Sequence[int]) -> list[Candidate]:
                             f"trials completed or stopped early ({ranks_text})")
         row = rows.iloc[0]
         cfg = resolve_trial_config(space, trial_params(row, space.searched_keys))
+        if str(row["status"]).endswith(HALVED):
+            # The trial ran out of memory at its batch and trained at half of it: so does its retrain.
+            cfg = halved_batch(cfg)
         candidates.append(Candidate(rank, str(row["trial_id"]), int(row["epoch"]),
-                                    float(row[space.sweep.metric]), cfg))
+                                    float(row[space.sweep.primary_metric]), cfg))
     return candidates
 
 

@@ -19,7 +19,7 @@ from derm.config import RunConfig
 from derm.metrics import sweep_score
 from derm.metrics.bootstrap import bootstrap_ci
 from derm.models import model_label
-from derm.retrain.ensemble import CLASS_TASKS
+from derm.metrics.per_image import CLASS_TASKS
 from derm.retrain.report import HEADLINE_METRICS
 from derm.retrain.selection import Member
 from derm.text_formats import json_value
@@ -101,10 +101,10 @@ def summarise(plan, members: Sequence[Member], result, resamples: int, seed: int
     cfg = members[0].candidate.config
     per_member = [scored(p, cfg) for p in result.members]
     summary: dict[str, Any] = {
-        "sweep": str(plan.sweep_dir), "task": cfg.task, "sweep_metric": plan.space.sweep.metric,
+        "sweep": str(plan.sweep_dir), "task": cfg.task, "sweep_metric": plan.space.sweep.primary_metric,
         "mode": "ensemble" if result.ensemble is not None else "single",
         "trained_on": ["train", "val"], "evaluated_on": "test", "test_images": len(result.members[0]),
-        "members": [describe_member(m, metrics, plan.space.sweep.metric) for m, metrics in zip(members, per_member)],
+        "members": [describe_member(m, metrics, plan.space.sweep.primary_metric) for m, metrics in zip(members, per_member)],
         "bootstrap": {"resamples": resamples, "seed": seed, "confidence": 0.95, "interval": "percentile",
                       "method": bootstrap_method(result.members),
                       "of": interval_estimate(len(members), result.ensemble is not None)},

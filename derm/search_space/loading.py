@@ -284,7 +284,8 @@ def _check_sweep(sweep: SweepSettings, parameters: list[Parameter], base_config:
     """Checks that need both the sweep settings and the parameters; fills in num_samples."""
     keys = [p.key for p in parameters]
     try:
-        check_metric_name(sweep.metric, base_config.task, "sweep.metric")
+        for metric in sweep.metrics:
+            check_metric_name(metric, base_config.task, "sweep.metric")
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     num_samples = sweep.num_samples

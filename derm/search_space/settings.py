@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from derm.errors import ConfigError
 from derm.model_names import suggest
@@ -33,13 +33,20 @@ class SweepSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    metric: str = Field("score", description="the reported metric to optimise")
-    mode: Literal["max", "min"] = "max"
+    metric: str | list[str] = Field("score", description="the reported metric to optimise, or a list of "
+                                                          "several (multi-objective: Pareto front)")
+    mode: Literal["max", "min"] | list[Literal["max", "min"]] = Field(
+        "max", description="max or min; a list, one per metric, with several metrics")
+    asha_metric: str | None = Field(None, description="with several metrics and scheduler asha: the one of them "
+                                                      "ASHA stops trials by")
     num_samples: int | None = Field(None, ge=1, description="trials; default: the grid size for grid, else 20")
-    search: Literal["tpe", "random", "grid"] = "tpe"
+    search: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
     scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial can be stopped")
     reduction_factor: int = Field(3, ge=2, description="ASHA: keep 1/reduction_factor of trials per rung")
+    stopped_as_pruned: bool = Field(
+        True, description="tell Optuna a trial stopped before train.epochs as PRUNED at the epoch it reached; "
+                          "false: Ray's default, COMPLETE with its last score")
     max_concurrent: int | None = Field(None, ge=1, description="trials running at once; default: as resources allow")
     resources: Resources = Field(default_factory=Resources)
     keep_checkpoints: int = Field(1, ge=1, description="checkpoints kept per trial")
@@ -47,6 +54,53 @@ class SweepSettings(BaseModel):
     seed: int = 0
     points_to_evaluate: list[dict[str, Any]] = Field(
         default_factory=list, description="known configurations (dotted key -> value), evaluated first")
+
+
+    @model_validator(mode="after")
+    def _objectives(self) -> "SweepSettings":
+        several = isinstance(self.metric, list)
+        if several != isinstance(self.mode, list):
+            raise ValueError("metric and mode: give one metric and one mode, or lists of equal length "
+                             "(e.g. metric: [balanced_accuracy, dice], mode: [max, max])")
+        if several:
+            if len(self.metric) < 2 or len(set(self.metric)) != len(self.metric):
+                raise ValueError(f"metric: a list names two or more different metrics, got {self.metric}")
+            if len(self.mode) != len(self.metric):
+                raise ValueError(f"mode: one mode per metric ({len(self.metric)}), got {self.mode}")
+        if self.asha_metric is not None and self.asha_metric not in self.metrics:
+            raise ValueError(f"asha_metric: {self.asha_metric!r} is not one of the sweep's metrics "
+                             f"({', '.join(self.metrics)})")
+        if several and self.scheduler == "asha" and self.asha_metric is None:
+            raise ValueError(f"scheduler: asha stops trials by one number but the sweep has {len(self.metric)} "
+                             f"metrics; set sweep.asha_metric (one of {', '.join(self.metric)}) or "
+                             f"sweep.scheduler: fifo")
+        return self
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The sweep's metrics (objectives), one or several."""
+        return tuple(self.metric) if isinstance(self.metric, list) else (self.metric,)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(self.mode) if isinstance(self.mode, list) else (self.mode,)
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
+    @property
+    def primary_metric(self) -> str:
+        """The one metric where one number is needed (a trial's best epoch, the checkpoints kept,
+        the console's best so far, the ties on the leaderboard): the first."""
+        return self.metrics[0]
+
+    @property
+    def primary_mode(self) -> str:
+        return self.modes[0]
+
+    def mode_of(self, metric: str) -> str:
+        return dict(zip(self.metrics, self.modes))[metric]
 
 
 def sweep_settings_from_dict(raw: Any, source: str) -> SweepSettings:
@@ -70,6 +124,8 @@ def _describe(err: ValidationError) -> str:
         allowed = list(model.model_fields)
         return f"{key}: unknown key{suggest(loc[-1], allowed)} (allowed: {', '.join(allowed)})"
     message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "value_error" and not loc:  # a check across keys: its message starts with the key
+        return f"sweep.{message}"
     if first["type"] == "value_error":
         return f"{key}: {message}"
     return f"{key}: {message} (got {first.get('input')!r})"

@@ -9,6 +9,8 @@ Where things live:
 - ``callbacks``: the console and the MLflow run status while trials run;
 - ``driver``: a sweep from start to end (``sweep``, ``resume``);
 - ``board``: where the leaderboard is built (each trial at its best epoch, ranked);
+- ``uncertainty``: each trial's bootstrap interval and its paired comparison with rank 1;
+- ``importance``: which searched parameters mattered (PED-ANOVA, fANOVA);
 - ``table``, ``export``, ``plots``: the published table, its files and figures;
 - ``__main__``: ``python -m derm.sweep``.
 

@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite in the sweep folder; "
                                              "a server for a multi-node cluster)")
     parser.add_argument("--out", default="sweeps", help="root folder of sweep outputs (default: sweeps)")
+    parser.add_argument("--warm-start", action="append", default=[], metavar="SWEEP_DIR",
+                        help="start the study with an earlier sweep's fitting trials (repeatable; reads its "
+                             "pickled Ray Tune state: only sweep folders you trust)")
     return parser.parse_intermixed_args(argv)
 
 
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 def command(args: argparse.Namespace) -> None:
     from derm.search_space import apply_demo, load_search_space
     from derm.sweep.cluster import use_token_auth_if_available
-    from derm.sweep.plan import check_data_exists, demo_dataset
+    from derm.sweep.plan import check_data_exists, check_sweep_folder, demo_dataset
 
     # Ray reads its authentication mode when it is imported (by derm.sweep.driver).
     use_token_auth_if_available(args.address)
@@ -64,10 +67,12 @@ def command(args: argparse.Namespace) -> None:
         demo_root, layout = demo_dataset(space.task)
         space = apply_demo(space, demo_root, layout)
     check_data_exists(space)
+    for folder in args.warm_start:
+        check_sweep_folder(folder)
     from derm.sweep.driver import sweep  # imports Ray: only once the space is valid
 
     sweep(space, out=args.out, storage=args.storage, mlflow_uri=args.mlflow_uri, address=args.address,
-          dashboard_port=args.dashboard_port, demo_root=demo_root)
+          dashboard_port=args.dashboard_port, demo_root=demo_root, warm_start=args.warm_start)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def check_data_exists(space: SearchSpace) -> None:
 
 
 def plan_sweep(space: SearchSpace, out_root: Path, storage: str | None, mlflow_uri: str | None,
-               demo_root: str | None) -> SweepPlan:
+               demo_root: str | None, warm_start: list[dict] | None = None) -> SweepPlan:
     """Make the sweep folder, its split and its MLflow parent run (before Ray starts)."""
     from derm.config import absolute_tracking_uri
     from derm.data.formats import load_table
@@ -105,7 +105,7 @@ def plan_sweep(space: SearchSpace, out_root: Path, storage: str | None, mlflow_u
     (sweep_dir / SWEEP_FILE).write_text(json.dumps({
         "source": space.source, "overrides": list(space.overrides), "demo_root": demo_root,
         "tracking_uri": tracking_uri, "parent_run_id": parent.run_id, "storage": storage,
-        "working_dir": space.base_dir,
+        "working_dir": space.base_dir, "warm_start": warm_start or [],
     }, indent=2))
     print(f"split: {', '.join(f'{n} {(split == n).sum()}' for n in ('train', 'val', 'test'))} images "
           f"({sweep_dir / 'split.csv'}; the test split is not read by the sweep)")

@@ -20,6 +20,8 @@ import pandas as pd
 from derm.errors import DermError
 from derm.labels import ATTRIBUTES
 from derm.search_space import SearchSpace, resolve_trial_config, trial_overrides
+from derm.sweep.pareto import pareto_ranks
+from derm.sweep.uncertainty import CI_LOW, CI_HIGH, TIED, method_note
 
 MISSING = "–"
 PARAM_PREFIX = "param."
@@ -54,22 +56,13 @@ class Column:
 
 
 def pareto_front(x, y) -> np.ndarray:
-    """Which points no other point dominates, both coordinates maximised.
-
-    A point is dominated when another is at least as good in both coordinates and better
-    in one; equal points do not dominate each other, so ties are all on the front. A point
-    with NaN in either coordinate is neither on the front nor dominates anything.
+    """Which points no other point dominates, both coordinates maximised (`pareto_ranks` 1).
 
         >>> pareto_front([0.5, 0.7, 0.6, float("nan")], [0.9, 0.8, 0.7, 1.0]).tolist()
         [True, True, False, False]
     """
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    valid = ~(np.isnan(x) | np.isnan(y))
-    front = np.zeros(len(x), dtype=bool)
-    for i in np.flatnonzero(valid):
-        dominates = valid & (x >= x[i]) & (y >= y[i]) & ((x > x[i]) | (y > y[i]))
-        front[i] = not dominates.any()
-    return front
+    return pareto_ranks(np.column_stack([np.asarray(x, dtype=float), np.asarray(y, dtype=float)]),
+                        [True, True]) == 1
 
 
 def segmentation_quality_key(board: pd.DataFrame) -> str:
@@ -91,6 +84,9 @@ def annotate(board: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
         seg = segmentation_quality_key(board)
         board.insert(position + 1, "pareto_front", pareto_front(
             _column(board, "balanced_accuracy"), _column(board, seg)))
+    if CI_LOW in board and board[CI_LOW].notna().any():
+        board["ci95"] = [MISSING if _is_missing(low) else f"[{low:.3f}, {high:.3f}]"
+                         for low, high in zip(board[CI_LOW], board[CI_HIGH])]
     return board
 
 
@@ -148,15 +144,22 @@ def _text(value: Any) -> str:
 
 def display_columns(board: pd.DataFrame, space: SearchSpace) -> list[Column]:
     """The shown columns, in order, for this sweep's task, metric and searched keys."""
-    metric = space.sweep.metric
+    metric = space.sweep.primary_metric
     metrics = TASK_METRICS[space.task]
     columns = [Column("rank", "#", _integer), Column("model", "Model/Backbone", _text, numeric=False)]
-    if "pareto_front" in board:
+    if "pareto_rank" in board:  # several objectives: the rank that orders the table
+        columns.append(Column("pareto_rank", "Pareto rank", _integer))
+    if "pareto_front" in board and "pareto_rank" not in board:
         columns.append(Column("pareto_front", "Pareto", lambda v: "*" if v is True or v == 1 else "",
                               numeric=False))
-    if metric not in dict(metrics):
-        columns.append(Column(metric, metric.replace("_", " ").capitalize(), _number(".3f")))
+    if "ci95" in board:
+        columns.append(Column(TIED, "≈ #1", lambda v: "≈" if v is True or v == 1 else "", numeric=False))
+    for objective in space.sweep.metrics:
+        if objective not in dict(metrics):
+            columns.append(Column(objective, objective.replace("_", " ").capitalize(), _number(".3f")))
     columns += [Column(key, header, _number(".3f")) for key, header in metrics]
+    if "ci95" in board:
+        columns.append(Column("ci95", f"{metric} 95% CI", _text, numeric=False))
     columns += [Column(PARAM_PREFIX + key, header, _value, numeric=False)
                 for key, header in hyperparameter_headers(space).items()]
     columns += [
@@ -169,11 +172,35 @@ def display_columns(board: pd.DataFrame, space: SearchSpace) -> list[Column]:
     return columns
 
 
+# Headers that say what a searched key means; a key without one is shown whole (dotted).
+READABLE_HEADERS = {
+    "data.image_size": "image size", "data.augment": "augmentation", "data.balanced_sampling": "balanced sampling",
+    "model.arch": "architecture", "model.encoder": "encoder", "model.encoder_weights": "encoder weights",
+    "model.head": "cls head", "model.head_dropout": "head dropout", "model.cascade": "cascade",
+    "model.freeze_encoder": "frozen encoder", "model.encoder_lr_mult": "encoder lr factor",
+    "loss.seg": "seg loss", "loss.cls": "cls loss", "loss.seg_weight": "seg loss weight",
+    "loss.cls_weight": "cls loss weight", "loss.focal_gamma": "focal gamma", "loss.label_smoothing": "label smoothing",
+    "loss.class_weights": "class weights", "loss.attribute_pos_weight": "attribute pos. weight",
+    "loss.tversky_alpha": "Tversky alpha", "loss.tversky_beta": "Tversky beta", "loss.task_weighting": "task weighting",
+    "optim.name": "optimizer", "optim.lr": "learning rate", "optim.weight_decay": "weight decay",
+    "optim.momentum": "momentum", "optim.nesterov": "Nesterov", "optim.scheduler": "lr schedule",
+    "optim.warmup_epochs": "warm-up epochs", "optim.min_lr": "min lr", "train.batch_size": "batch size",
+    "train.grad_clip": "grad clip", "train.grad_accum_steps": "grad accumulation", "train.epochs": "epochs (max)",
+}
+
+
+def hyperparameter_header(key: str) -> str:
+    """What a searched key is called in the tables: its meaning, or the dotted key itself.
+
+    >>> hyperparameter_header("optim.name"), hyperparameter_header("loss.seg"), hyperparameter_header("optim.gamma")
+    ('optimizer', 'seg loss', 'optim.gamma')
+    """
+    return READABLE_HEADERS.get(key, key)
+
+
 def hyperparameter_headers(space: SearchSpace) -> dict[str, str]:
-    """Searched key -> short header (its last part, or the whole key where two would clash)."""
-    keys = [k for k in space.searched_keys if k not in IN_MODEL_LABEL]
-    short = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: s if short.count(s) == 1 else k for k, s in zip(keys, short)}
+    """Searched key -> header, for the keys not already in the Model/Backbone column."""
+    return {k: hyperparameter_header(k) for k in space.searched_keys if k not in IN_MODEL_LABEL}
 
 
 def display_table(board: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
@@ -186,11 +213,18 @@ def display_table(board: pd.DataFrame, space: SearchSpace) -> pd.DataFrame:
 def caption(space: SearchSpace, board: pd.DataFrame) -> str:
     """What the table shows, for the line under it."""
     sweep = space.sweep
-    text = (f"Sweep `{space.name}` ({space.task}), {len(board)} trials, ranked by `{sweep.metric}` "
-            f"({sweep.mode}) on the validation split. Each row holds the values of the trial's best epoch "
-            f"by `{sweep.metric}`, not its last. Epochs: trained of {space.max_epochs} (ASHA stops weak trials "
-            f"early). Early-stopped, running and failed trials come after the completed ones.")
-    if "pareto_front" in board:
+    if sweep.multi_objective:
+        objectives = " and ".join(f"`{m}` ({mode})" for m, mode in zip(sweep.metrics, sweep.modes))
+        order = (f"ranked by Pareto rank over {objectives} (1: the front, trials no other trial beats on every "
+                 f"objective), then by `{sweep.primary_metric}`,")
+    else:
+        order = f"ranked by `{sweep.metric}` ({sweep.mode})"
+    text = (f"Sweep `{space.name}` ({space.task}), {len(board)} trials, {order} on the validation split. Each "
+            f"row holds the values of the trial's best epoch by `{sweep.primary_metric}`, not its last. Epochs: "
+            f"trained of {space.max_epochs} (ASHA stops weak trials early). Early-stopped, running and failed "
+            f"trials come after the completed ones.")
+    if "pareto_front" in board and "pareto_rank" not in board:
         seg = dict(SEGMENTATION_METRICS)[segmentation_quality_key(board)]
         text += f" `*`: on the Pareto front of balanced accuracy vs {seg}."
-    return text
+    note = method_note(space, board)
+    return f"{text} {note}" if note else text

@@ -1,18 +1,11 @@
-"""Predictions on an evaluation split from one model or the mean of several, kept per image.
+"""A model's predictions on a split, per image: from logits to the records metrics are made of.
 
-An ensemble averages its members' probabilities, head by head: the class softmax and the
-mask sigmoids (``average_probabilities``). ``predict_split`` runs every member over the
-same batches once, and keeps per image what every reported number and figure needs,
-never the full masks:
-
-- class probabilities and labels (Task 3 metrics, ROC, calibration, confusion matrix);
-- lesion-mask confusion counts (tp, fp, fn, tn), or per-attribute counts divided by the
-  pixel count (ISIC 2018 Task 2), from which every segmentation score follows;
-- a few sample images with their true and predicted masks, for the overlays.
-
-Because metrics are recomputed from these per-image records, any subset or resample of
-the images can be scored again (``SplitPredictions.metrics(indices)``), which is what the
-bootstrap confidence intervals do.
+``predict_batches`` runs a model over a loader (``output_probabilities``: sigmoid masks,
+softmax classes); ``PredictionCollector`` keeps, batch by batch, the per-image records of
+``derm.metrics.per_image.SplitPredictions``; ``predict_split`` does both for one model or
+several, whose probabilities an ensemble averages (``average_probabilities``).
+``masks_at_size`` brings mask probabilities to an image's own size, as the ISIC scorer
+compares them.
 
     members, ensemble = predict_split([model_a, model_b], loaders["test"], device, "multitask")
     ensemble.metrics()["balanced_accuracy"]
@@ -20,20 +13,59 @@ bootstrap confidence intervals do.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from derm.metrics import (
-    ClassificationAccumulator, attribute_scores, binarize, confusion_counts, lesion_scores,
-    normalized_confusion_counts, to_numpy,
-)
-from derm.training import predict_batches
+from derm.metrics import binarize, confusion_counts, normalized_confusion_counts, to_numpy
+from derm.metrics.per_image import LESION_TASKS, Sample, SplitPredictions
+from derm.runtime import move_batch
 
-LESION_TASKS = ("multitask", "segmentation")
-CLASS_TASKS = ("multitask", "classification")
+# Masks are the pixels whose probability is above this (ISIC: the scorer binarises at > 128/255).
+MASK_THRESHOLD = 0.5
+
+
+@torch.no_grad()
+def predict_batches(model, loader, device, amp_dtype=None, channels_last: bool = False,
+                    forward_seconds: list[float] | None = None):
+    """Yield (batch, outputs, probabilities): the model's outputs and their `output_probabilities`.
+
+    ``forward_seconds``, when given, collects each batch's model time (data loading excluded).
+    """
+    model.eval()
+    for batch in loader:
+        batch = move_batch(batch, device, channels_last)
+        started = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            outputs = model(batch["image"])
+        if forward_seconds is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            forward_seconds.append(time.perf_counter() - started)
+        yield batch, outputs, output_probabilities(outputs)
+
+
+def output_probabilities(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's logits as float32 probabilities: sigmoid masks under "seg", softmax classes under "cls"."""
+    probs = {}
+    if "seg" in outputs:
+        probs["seg"] = torch.sigmoid(outputs["seg"].float())
+    if "cls" in outputs:
+        probs["cls"] = torch.softmax(outputs["cls"].float(), dim=1)
+    return probs
+
+
+def masks_at_size(probabilities: torch.Tensor, size: tuple[int, int]) -> list[np.ndarray]:
+    """(C, S, S) probabilities -> C boolean (H, W) masks: bilinear resize, then > 0.5.
+
+    Resizing the probabilities, not the thresholded mask, keeps the edge where the
+    model put it instead of a staircase of training-size pixels.
+    """
+    resized = F.interpolate(probabilities[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    return list((resized > MASK_THRESHOLD).cpu().numpy())
 
 
 def average_probabilities(members: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -53,72 +85,12 @@ def average_probabilities(members: Sequence[Mapping[str, torch.Tensor]]) -> dict
     return {head: torch.stack([m[head].float() for m in members]).mean(dim=0) for head in members[0]}
 
 
-@dataclass
-class Sample:
-    """One image kept for the overlays: uint8 RGB at the model's resolution, masks (C, S, S)."""
-
-    image_id: str
-    image: np.ndarray
-    true_mask: np.ndarray
-    probability: np.ndarray
-
-
-@dataclass
-class SplitPredictions:
-    """Per-image predictions of one model (or ensemble) on a split, in loader order.
-
-    ``class_probabilities`` (N, 7) and ``labels`` (N,) for tasks with a diagnosis head
-    (label -1: none); ``lesion_counts`` (N, 4) int tp, fp, fn, tn of the lesion mask, with
-    ``has_mask`` (N,) False for images that have none (their counts are not scored);
-    ``attribute_counts`` (N, 5, 4) per-attribute counts divided by the pixel count.
-    Counts are taken at each image's original size when ``predict_split`` is given the
-    truth masks (the ISIC 2018 scorer's way), else at the model's input size.
-    """
-
-    task: str
-    image_ids: list[str] = field(default_factory=list)
-    class_probabilities: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    lesion_counts: np.ndarray | None = None
-    attribute_counts: np.ndarray | None = None
-    samples: list[Sample] = field(default_factory=list)
-    has_mask: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def metrics(self, indices: np.ndarray | None = None) -> dict[str, float]:
-        """The task's metrics over the images at ``indices`` (default: all; repeats count twice).
-
-        Equal, on all images, to what ``derm.training.evaluate`` reports for the same model.
-        """
-        indices = np.arange(len(self)) if indices is None else np.asarray(indices)
-        metrics: dict[str, float] = {}
-        if self.class_probabilities is not None:
-            labels = self.labels[indices]
-            labelled = labels >= 0
-            accumulator = ClassificationAccumulator()
-            accumulator.update(self.class_probabilities[indices][labelled], labels[labelled])
-            metrics.update(accumulator.compute())
-        if self.lesion_counts is not None:
-            with_mask = indices[self.has_mask[indices]] if self.has_mask is not None else indices
-            metrics.update(lesion_scores(self.lesion_counts[with_mask]))
-        if self.attribute_counts is not None:
-            metrics.update(attribute_scores(self.attribute_counts[indices].sum(axis=0)))
-        return metrics
-
-    def classification_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities and labels of the labelled images."""
-        labelled = self.labels >= 0
-        return self.class_probabilities[labelled], self.labels[labelled]
-
-
 # truth_masks(image_id) -> bool (C, H, W): an image's true masks at its original size.
 TruthMasks = Callable[[str], np.ndarray]
 
 
-class _Collector:
-    """Builds one SplitPredictions batch by batch."""
+class PredictionCollector:
+    """Builds one SplitPredictions batch by batch (``add`` each batch, then ``result``)."""
 
     def __init__(self, task: str, keep_samples: int, truth_masks: TruthMasks | None = None):
         self.task, self.keep_samples, self.truth_masks = task, keep_samples, truth_masks
@@ -127,6 +99,7 @@ class _Collector:
         self.samples: list[Sample] = []
 
     def add(self, batch: dict, probs: Mapping[str, torch.Tensor], arrays) -> None:
+        """One batch: its probabilities (``output_probabilities``) and the cache ``arrays`` its rows index."""
         rows = to_numpy(batch["index"]).reshape(-1)
         self.ids += [arrays.image_ids[row] for row in rows]
         if "cls" in probs:
@@ -139,7 +112,7 @@ class _Collector:
             if self.truth_masks is not None:
                 counts = self._counts_at_original_size(probs["seg"], rows, has_mask, arrays)
             else:
-                counts = self._counts(binarize(probs["seg"], 0.5), binarize(batch["mask"], 0.5))
+                counts = self._counts(binarize(probs["seg"], MASK_THRESHOLD), binarize(batch["mask"], 0.5))
             self.parts.setdefault("lesion" if self.task in LESION_TASKS else "attributes", []).append(counts)
             for i, row in enumerate(rows[: self.keep_samples - len(self.samples)]):
                 self.samples.append(Sample(arrays.image_ids[row], np.array(arrays.images[row]),
@@ -156,8 +129,6 @@ class _Collector:
                                  arrays) -> np.ndarray:
         """As the ISIC scorer counts: the probabilities resized to the image's own size
         (bilinear, then > 0.5, as derm.predict writes them) against the original truth."""
-        from derm.inference import masks_at_size
-
         counts = []
         for probability, row, present in zip(probabilities, rows, has_mask):
             size = tuple(int(v) for v in arrays.original_sizes[row])
@@ -166,11 +137,11 @@ class _Collector:
             counts.append(self._counts(predicted, true))
         return np.concatenate(counts)
 
-    def result(self) -> SplitPredictions:
+    def result(self, epoch: int | None = None) -> SplitPredictions:
         joined = {name: np.concatenate(parts) for name, parts in self.parts.items()}
         return SplitPredictions(self.task, self.ids, joined.get("cls"), joined.get("labels"),
                                 joined.get("lesion"), joined.get("attributes"), self.samples,
-                                joined.get("has_mask") if self.task in LESION_TASKS else None)
+                                joined.get("has_mask") if self.task in LESION_TASKS else None, epoch)
 
 
 def predict_split(models: Sequence[torch.nn.Module], loader, device: torch.device, task: str, *,
@@ -183,8 +154,8 @@ def predict_split(models: Sequence[torch.nn.Module], loader, device: torch.devic
     masks at the original size), segmentation is scored at each image's original size.
     """
     arrays = loader.dataset.arrays
-    members = [_Collector(task, keep_samples, truth_masks) for _ in models]
-    ensemble = _Collector(task, keep_samples, truth_masks) if len(models) > 1 else members[0]
+    members = [PredictionCollector(task, keep_samples, truth_masks) for _ in models]
+    ensemble = PredictionCollector(task, keep_samples, truth_masks) if len(models) > 1 else members[0]
     for batch in loader:
         member_probs = []
         for model, collector in zip(models, members):
