@@ -55,6 +55,12 @@ class DataConfig(Section):
     augment: Literal["none", "light", "default", "strong"] = "default"
     balanced_sampling: bool = False
     num_workers: int | None = Field(None, ge=0, description="DataLoader workers; default from the run's CPUs")
+    resize: Literal["squash", "pad", "center_crop"] = Field(
+        "squash", description="to the square input: stretch, keep the aspect ratio on black, or crop the centre")
+    color_constancy: Literal["none", "shades_of_gray"] = Field(
+        "none", description="Shades of Gray (Finlayson & Trezzi 2004), as the ISIC 2018/2019 winners")
+    color_constancy_p: float = Field(6.0, ge=1.0, allow_inf_nan=False,
+                                     description="Shades of Gray Minkowski norm (1 = grey world)")
 
     @field_validator("image_size")
     @classmethod
@@ -79,6 +85,8 @@ class ModelConfig(Section):
     cascade: bool = Field(False, description="classify the image times the predicted lesion probability")
     freeze_encoder: bool = False
     encoder_lr_mult: float = Field(1.0, gt=0.0, le=100.0)
+    metadata: bool = Field(False, description="fuse age, sex and lesion site (a small MLP) into the classification "
+                                              "head; missing values are encoded, not dropped")
 
     @field_validator("arch")
     @classmethod
@@ -220,6 +228,9 @@ class RunConfig(Section):
         if minimum and self.task != "classification" and self.data.image_size < minimum:
             raise ValueError(f"model.arch {self.model.arch} needs data.image_size >= {minimum}, "
                              f"got {self.data.image_size}")
+        if self.model.metadata and self.task not in ("multitask", "classification"):
+            raise ValueError(f"model.metadata needs a classification head (task multitask or classification), "
+                             f"got task {self.task}")
         if self.model.cascade and self.task != "multitask":
             raise ValueError(f"model.cascade needs task multitask (segment, then classify), got task {self.task}")
         if self.task == "attributes" and self.data.layout not in ("auto", "isic2018-task2"):

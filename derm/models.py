@@ -9,6 +9,11 @@
 - task ``multitask``: both; the head reads the segmentation encoder's features, or with
   ``model.cascade`` a second encoder reads the image times the predicted lesion probability.
 
+With ``model.metadata`` the classification head also reads the patient's age, sex and lesion
+site: ``forward(x, metadata)`` with ``metadata`` (B, `derm.data.metadata.METADATA_FEATURES`)
+as `derm.data.metadata.encode_metadata` makes it (None: every value missing). A small MLP
+embeds it and its output joins the pooled image features before the head's last layer.
+
     >>> from derm.config import config_from_dict
     >>> cfg = config_from_dict({"task": "multitask", "model": {"encoder": "resnet18",
     ...                         "encoder_weights": None}, "data": {"image_size": 64}})
@@ -33,22 +38,54 @@ from segmentation_models_pytorch.base import ClassificationHead
 from torch import nn
 
 from derm.config import RunConfig
+from derm.data.metadata import METADATA_FEATURES, missing_metadata
 from derm.errors import ConfigError
 from derm.labels import ATTRIBUTES, CLASSES
 from derm.model_names import TIMM_PREFIX, suggest
 
 SEGMENTATION_CHANNELS = {"segmentation": 1, "multitask": 1, "attributes": len(ATTRIBUTES)}
 MULTISCALE_HIDDEN = 256
+METADATA_EMBEDDING = 32
+
+
+class MetadataEmbedding(nn.Module):
+    """The metadata MLP (Linear-ReLU-Linear-ReLU, dropout) of a head that fuses patient metadata.
+
+    ``forward(metadata, like)``: (B, METADATA_EMBEDDING) on ``like``'s device; ``metadata`` None
+    means every value missing for the B = ``like.shape[0]`` images (`missing_metadata`).
+    """
+
+    def __init__(self, features: int, dropout: float, width: int = METADATA_EMBEDDING):
+        super().__init__()
+        self.features, self.width = features, width
+        self.mlp = nn.Sequential(nn.Linear(features, width), nn.ReLU(inplace=True), nn.Linear(width, width),
+                                 nn.ReLU(inplace=True), nn.Dropout(dropout))
+
+    def forward(self, metadata: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        if metadata is None:
+            metadata = torch.from_numpy(missing_metadata(like.shape[0]))
+        return self.mlp(metadata.to(device=like.device, dtype=self.mlp[0].weight.dtype))
 
 
 class PooledHead(ClassificationHead):
-    """SMP's auxiliary head (global average pool, dropout, linear) on the deepest features."""
+    """SMP's auxiliary head (global average pool, dropout, linear) on the deepest features.
 
-    def __init__(self, encoder_channels: list[int], classes: int, dropout: float):
-        super().__init__(in_channels=encoder_channels[-1], classes=classes, pooling="avg", dropout=dropout)
+    With ``metadata_features``, the metadata embedding joins the pooled features before the linear.
+    """
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return super().forward(features[-1])
+    def __init__(self, encoder_channels: list[int], classes: int, dropout: float, metadata_features: int = 0):
+        metadata_width = METADATA_EMBEDDING if metadata_features else 0
+        super().__init__(in_channels=encoder_channels[-1] + metadata_width, classes=classes, pooling="avg",
+                         dropout=dropout)
+        # Registered only when used: a head without metadata keeps SMP's state_dict keys.
+        self.metadata_embedding = MetadataEmbedding(metadata_features, dropout) if metadata_features else None
+
+    def forward(self, features: list[torch.Tensor], metadata: torch.Tensor | None = None) -> torch.Tensor:
+        if self.metadata_embedding is None:
+            return super().forward(features[-1])
+        pool, flatten, dropout, linear, activation = list(self)[:5]
+        pooled = dropout(flatten(pool(features[-1])))
+        return activation(linear(torch.cat([pooled, self.metadata_embedding(metadata, pooled)], dim=1)))
 
 
 class MultiscaleHead(nn.Module):
@@ -60,7 +97,7 @@ class MultiscaleHead(nn.Module):
     """
 
     def __init__(self, encoder_channels: list[int], classes: int, dropout: float,
-                 hidden: int = MULTISCALE_HIDDEN):
+                 hidden: int = MULTISCALE_HIDDEN, metadata_features: int = 0):
         super().__init__()
         self.stages = [i for i, c in enumerate(encoder_channels) if i > 0 and c > 0]
         width = sum(encoder_channels[i] for i in self.stages)
@@ -69,19 +106,26 @@ class MultiscaleHead(nn.Module):
         # keeps the deep stages from drowning the shallow ones at initialisation.
         self.mlp = nn.Sequential(
             nn.LayerNorm(width), nn.Linear(width, hidden), nn.ReLU(inplace=True),
-            nn.Dropout(dropout), nn.Linear(hidden, classes),
+            nn.Dropout(dropout), nn.Linear(hidden + (METADATA_EMBEDDING if metadata_features else 0), classes),
         )
+        self.metadata_embedding = MetadataEmbedding(metadata_features, dropout) if metadata_features else None
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        pooled = [self.pool(features[i]).flatten(1) for i in self.stages]
-        return self.mlp(torch.cat(pooled, dim=1))
+    def forward(self, features: list[torch.Tensor], metadata: torch.Tensor | None = None) -> torch.Tensor:
+        pooled = torch.cat([self.pool(features[i]).flatten(1) for i in self.stages], dim=1)
+        if self.metadata_embedding is None:
+            return self.mlp(pooled)
+        hidden = self.mlp[:-1](pooled)
+        return self.mlp[-1](torch.cat([hidden, self.metadata_embedding(metadata, hidden)], dim=1))
 
 
 HEADS = {"pooled": PooledHead, "multiscale": MultiscaleHead}
 
 
 class DermModel(nn.Module):
-    """Segmenter and/or classifier; ``forward(x)`` returns ``{"seg": ..., "cls": ...}`` logits.
+    """Segmenter and/or classifier; ``forward(x, metadata=None)`` returns ``{"seg": ..., "cls": ...}`` logits.
+
+    ``metadata`` (B, METADATA_FEATURES) reaches a head built with metadata (`uses_metadata`);
+    other models ignore it.
 
     ``segmenter`` is an SMP segmentation model (None for classification). ``classifier_encoder``
     is a separate encoder for the classifier (classification, or a multitask cascade);
@@ -96,7 +140,12 @@ class DermModel(nn.Module):
         self.cls_head = cls_head
         self.frozen_encoders = False
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    @property
+    def uses_metadata(self) -> bool:
+        """Whether the classification head fuses patient metadata (``model.metadata``)."""
+        return getattr(self.cls_head, "metadata_embedding", None) is not None
+
+    def forward(self, x: torch.Tensor, metadata: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         outputs: dict[str, torch.Tensor] = {}
         features = None
         if self.segmenter is not None:
@@ -111,7 +160,7 @@ class DermModel(nn.Module):
                     # segmenter learns from the lesion masks alone and stays a segmenter.
                     image = x * torch.sigmoid(outputs["seg"]).detach()
                 features = self.classifier_encoder(image)
-            outputs["cls"] = self.cls_head(features)
+            outputs["cls"] = self.cls_head(features, metadata)
         return outputs
 
     def _segment(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -184,7 +233,8 @@ def build_model(cfg: RunConfig, *, probe: bool = True, pretrained: bool = True) 
     cls_head = None
     if cfg.task in ("classification", "multitask"):
         feature_source = classifier_encoder if classifier_encoder is not None else segmenter.encoder
-        cls_head = HEADS[m.head](list(feature_source.out_channels), len(CLASSES), m.head_dropout)
+        cls_head = HEADS[m.head](list(feature_source.out_channels), len(CLASSES), m.head_dropout,
+                                 metadata_features=METADATA_FEATURES if m.metadata else 0)
     model = DermModel(segmenter, classifier_encoder, cls_head)
     if m.freeze_encoder:
         model.freeze_encoders()
@@ -332,7 +382,7 @@ def model_label(cfg: RunConfig) -> str:
 
 
 __all__ = [
-    "DermModel", "MultiscaleHead", "PooledHead", "build_model", "check_timm_encoder",
+    "DermModel", "MetadataEmbedding", "MultiscaleHead", "PooledHead", "build_model", "check_timm_encoder",
     "check_weights_name", "count_parameters", "encoder_label", "model_label",
     "param_groups", "probe_input_size",
 ]

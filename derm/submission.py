@@ -11,6 +11,9 @@ For each JPEG or PNG in a folder (other files are ignored; the image id is the f
 - ``overlays/<id>.jpg``: the image with the predicted outlines and, for classifiers,
   the label and its probability in the corner.
 
+A model trained with ``model.metadata`` reads each image's age, sex and lesion site from a
+CSV (``metadata.csv`` beside the images, or the file given; `folder_metadata`).
+
 An image that cannot be decoded is named and skipped. ``python -m derm.predict`` is the
 command; ``python -m derm.evaluate`` scores the files.
 
@@ -30,12 +33,15 @@ import pandas as pd
 from PIL import Image
 
 from derm.data.formats import IMAGE_SUFFIXES
+from derm.data.metadata import encode_metadata, read_metadata_csv
 from derm.errors import ConfigError, DataError
 from derm.inference import DEFAULT_BATCH_SIZE, Prediction, Predictor, load_image
 from derm.labels import ATTRIBUTES, CLASSES
 from derm.progress import progress
 
 PROBABILITIES_CSV = "diagnosis.csv"
+METADATA_CSV = "metadata.csv"  # read beside the images for a model trained with model.metadata
+NAMED_IMAGES = 10  # images named in a one-line report before "and N more"
 OVERLAY_DIR = "overlays"
 # The decode errors PIL raises for truncated, corrupt or non-image files.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -146,17 +152,54 @@ def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
         yield items[start:start + size]
 
 
+def folder_metadata(predictor: Predictor, images_dir: str | Path, images: Sequence[Path],
+                    metadata_csv: str | Path | None,
+                    log: Callable[[str], None] = print) -> dict[str, np.ndarray] | None:
+    """image id -> its encoded metadata vector, for a model trained with ``model.metadata``.
+
+    Read from `metadata_csv`, else ``metadata.csv`` in `images_dir` when there is one
+    (`derm.data.metadata.read_metadata_csv`: image_id or image, age, sex, localization, or
+    ISIC 2019's names). One line through `log` each says when there is no CSV (every image's
+    metadata is missing) and which images have no row in it (theirs is missing). None for a
+    model without metadata (a `metadata_csv` given then is said to be unused).
+    """
+    if not predictor.uses_metadata:
+        if metadata_csv is not None:
+            log(f"{metadata_csv} is not used: the model was trained without model.metadata")
+        return None
+    path = Path(metadata_csv) if metadata_csv is not None else Path(images_dir) / METADATA_CSV
+    if not path.is_file():
+        if metadata_csv is not None:
+            raise ConfigError(f"--metadata {path}: no such file")
+        log(f"no metadata CSV ({path}, or give --metadata FILE): predictions use missing age, sex and site "
+            f"for all {len(images)} images")
+        table = pd.DataFrame(index=range(len(images)))
+    else:
+        rows = read_metadata_csv(path).set_index("image_id")
+        lacking = [image.stem for image in images if image.stem not in rows.index]
+        if lacking:
+            more = f" and {len(lacking) - NAMED_IMAGES} more" if len(lacking) > NAMED_IMAGES else ""
+            log(f"{len(lacking)} of {len(images)} images have no row in {path} (their age, sex and site are "
+                f"encoded as missing): {', '.join(lacking[:NAMED_IMAGES])}{more}")
+        table = rows.reindex([image.stem for image in images]).reset_index(drop=True)
+    # Encoded once for the folder, so an unknown value is reported once, not once per batch.
+    return dict(zip((image.stem for image in images), encode_metadata(table)))
+
+
 def predict_folder(predictor: Predictor, images_dir: str | Path, out_dir: str | Path, *, overlays: bool = True,
-                   batch_size: int = DEFAULT_BATCH_SIZE, log: Callable[[str], None] = print) -> FolderResult:
+                   batch_size: int = DEFAULT_BATCH_SIZE, log: Callable[[str], None] = print,
+                   metadata_csv: str | Path | None = None) -> FolderResult:
     """Predict every JPEG/PNG in `images_dir` and write the submission files into `out_dir`.
 
     An image that cannot be decoded is reported through `log` by name and skipped;
     the others are still predicted. Draws a progress bar by images (`derm.progress`).
-    Returns what was written and what was skipped.
+    A metadata model reads its inputs as `folder_metadata` says. Returns what was
+    written and what was skipped.
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
     images = list_images(images_dir)
+    metadata = folder_metadata(predictor, images_dir, images, metadata_csv, log)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if overlays:
@@ -168,11 +211,12 @@ def predict_folder(predictor: Predictor, images_dir: str | Path, out_dir: str | 
             loaded = []
             for path in paths:
                 try:
-                    loaded.append((path, load_image(path, predictor.image_size)))
+                    loaded.append((path, load_image(path, predictor.input_size, predictor.preprocessing)))
                 except DECODE_ERRORS as err:
                     result.skipped.append((path, f"cannot decode image: {err}"))
                     log(f"skipped {path}: cannot decode image: {err}")
-            predictions = predictor.predict_prepared([prepared for _, prepared in loaded])
+            vectors = None if metadata is None or not loaded else np.stack([metadata[p.stem] for p, _ in loaded])
+            predictions = predictor.predict_prepared([prepared for _, prepared in loaded], vectors)
             for (path, _), prediction in zip(loaded, predictions):
                 write_masks(path.stem, prediction, out_dir)
                 if prediction.probabilities is not None:

@@ -274,7 +274,7 @@ def train_one_epoch(model, loss_fn, optimizer, schedule, scaler, loader, cfg: Ru
     for step, batch in enumerate(loader):
         batch = move_batch(batch, device, cfg.train.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            outputs = model(batch["image"])
+            outputs = model(batch["image"], metadata=batch.get("metadata"))
             loss, loss_parts = loss_fn(outputs, batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(

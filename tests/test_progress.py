@@ -4,7 +4,7 @@ import re
 import sys
 
 from derm.progress import EpochBar, progress, set_quiet, shown, write
-from derm.retrain.run import LoaderWithBar, RetrainCallbacks
+from derm.retrain.console import LoaderWithBar, RetrainCallbacks
 from terminal import seen_as_terminal
 
 

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -80,7 +81,8 @@ def test_the_training_loop_scores_its_per_image_predictions_as_the_isic_accumula
 
 def test_top_two_ensemble_compares_the_ensemble_with_each_member(finished_sweep, tmp_path):
     out = tmp_path / "ensemble"
-    assert main([str(finished_sweep), "--top", "2", "--ensemble", "--bootstrap", "20", "--out", str(out)]) == 0
+    assert main([str(finished_sweep), "--top", "2", "--ensemble", "--ensemble-weights", "equal", "--bootstrap", "20",
+                 "--out", str(out)]) == 0
 
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["mode"] == "ensemble"
@@ -105,3 +107,39 @@ def test_top_two_ensemble_compares_the_ensemble_with_each_member(finished_sweep,
         assert (out / name).is_file()
     for member in summary["members"]:
         assert (out / "members" / member["label"] / "checkpoints" / "best.pt").is_file()
+
+
+def test_caruana_weights_come_from_validation_and_only_picked_configurations_are_retrained(finished_sweep, tmp_path):
+    from derm.checkpoint import TrainingCheckpoint
+    from derm.sweep.uncertainty import trial_predictions
+    from derm.sweep.plan import load_plan
+
+    out = tmp_path / "caruana"
+    assert main([str(finished_sweep), "--top", "2", "--ensemble", "--bootstrap", "0", "--out", str(out),
+                 "--no-mlflow", "--quiet"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    selection = summary["selection"]
+    assert selection["method"] == "Caruana ensemble selection on validation balanced_accuracy"
+    weights = selection["weights"]
+    assert set(weights) == {"rank1", "rank2"} and sum(weights.values()) == pytest.approx(1.0)
+    picked = {name for name, weight in weights.items() if weight > 0}
+    assert {f"rank{m['rank']}" for m in summary["members"]} == picked  # weight 0: not retrained
+
+    # The validation figures are those of the trials' own saved predictions, recomputed here.
+    plan = load_plan(finished_sweep)
+    singles = {}
+    board = pd.read_csv(finished_sweep / "leaderboard.csv", dtype={"trial_id": str})
+    for rank in (1, 2):
+        trial = board.loc[board["rank"] == rank, "trial_id"].item()
+        predictions = trial_predictions(plan.experiment_path, trial)
+        singles[f"rank{rank}"] = predictions.metrics()["balanced_accuracy"]
+    for name, value in singles.items():
+        assert selection["validation"]["single"][name] == pytest.approx(value)
+    assert selection["validation"]["ensemble"] >= max(singles.values()) - 1e-12  # never worse than the best single
+    assert "## Weights" in (out / "ensemble.md").read_text()
+
+    saved = TrainingCheckpoint.load(out / "model.pt")
+    if len(picked) > 1:
+        assert saved.ensemble_weights == pytest.approx([weights[f"rank{m['rank']}"] for m in summary["members"]])
+    else:
+        assert saved.ensemble is None  # one configuration left: a plain single-model file

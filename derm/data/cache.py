@@ -10,8 +10,9 @@ resolution and stores uint8 arrays as `.npy` files:
     <cache_dir>/<key>/original_sizes.npy  (N, 2)        source (height, width)
     <cache_dir>/<key>/index.json          image ids in row order, mask columns, problems
 
-The key hashes the layout, the size, the mask columns, a format version and every
-source file's path, size and modification time, so a changed file or setting gets a
+The key hashes the layout, the size, the mask columns, the pre-processing
+(``data.resize``, ``data.color_constancy``; `derm.data.preprocess`), a format version and
+every source file's path, size and modification time, so a changed file or setting gets a
 new cache. Trials on one machine build it once under a file lock, into a temporary
 folder renamed into place when complete, and then share the same page-cache pages
 through `np.load(mmap_mode="r")`. A build killed half-way leaves its temporary
@@ -46,6 +47,7 @@ from filelock import FileLock, Timeout
 from numpy.lib.format import open_memmap
 
 from derm.data.decoding import inspect_samples
+from derm.data.preprocess import Preprocessing, Resize
 from derm.data.problems import Problem
 from derm.progress import is_quiet
 from derm.runtime import available_cpus
@@ -75,6 +77,7 @@ class DecodedArrays:
     re-opened, not copied, when the object is pickled into a DataLoader worker.
     `problems` lists the rows that failed to decode and were left out; `built` is
     True when this call decoded the images rather than finding them cached.
+    `preprocessing` is how the images were brought to size x size (see `geometry`).
     """
 
     directory: Path
@@ -83,6 +86,7 @@ class DecodedArrays:
     size: int
     problems: tuple[Problem, ...] = ()
     built: bool = False
+    preprocessing: Preprocessing = Preprocessing()
     _arrays: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -95,6 +99,11 @@ class DecodedArrays:
         if name not in self._arrays:
             self._arrays[name] = np.load(self.directory / f"{name}.npy", mmap_mode="r")
         return self._arrays[name]
+
+    @property
+    def geometry(self) -> Resize:
+        """The geometry from each original image to its row (`Resize.inverse` maps masks back)."""
+        return self.preprocessing.geometry(self.size)
 
     @property
     def images(self) -> np.ndarray:
@@ -129,6 +138,7 @@ def open_cache(directory: str | Path, *, built: bool = False) -> DecodedArrays:
         size=index["size"],
         problems=tuple(Problem(**p) for p in index["problems"]),
         built=built,
+        preprocessing=Preprocessing(**index.get("preprocessing", {})),  # caches written before it: the default
     )
 
 
@@ -142,7 +152,8 @@ def _file_signature(path) -> list:
     return [str(path), stat.st_size, stat.st_mtime_ns]
 
 
-def cache_key(table: pd.DataFrame, size: int, mask_columns: Sequence[str], optional_masks: bool = False) -> str:
+def cache_key(table: pd.DataFrame, size: int, mask_columns: Sequence[str], optional_masks: bool = False,
+              preprocessing: Preprocessing | None = None) -> str:
     """Hash of everything the cached arrays depend on (see the module docstring)."""
     files = [
         _file_signature(row[column])
@@ -151,6 +162,9 @@ def cache_key(table: pd.DataFrame, size: int, mask_columns: Sequence[str], optio
     ]
     description = [CACHE_FORMAT_VERSION, table.attrs.get("layout"), size, list(mask_columns),
                    list(table["image_id"]), files, optional_masks]
+    preprocessing = preprocessing or Preprocessing()
+    if not preprocessing.is_default:  # appended only when set, so caches built before these options stay valid
+        description.append(preprocessing.pixel_options())
     return hashlib.sha256(json.dumps(description).encode()).hexdigest()[:24]
 
 
@@ -163,6 +177,7 @@ def build_cache(
     workers: int | None = None,
     log: Callable[[str], None] | None = None,
     optional_masks: bool = False,
+    preprocessing: Preprocessing | None = None,
 ) -> DecodedArrays:
     """Decode every row of `table` once at size x size and return the memory-mapped arrays.
 
@@ -177,11 +192,14 @@ def build_cache(
     PROGRESS_FRACTION; none under ``--quiet``), one when it is done, and one per stale
     temporary folder it removes. With `optional_masks`, a row without a mask file gets an
     all-zero mask instead of being left out (see `derm.data.decoding.inspect_sample`).
+    `preprocessing` (default: squash, no colour constancy) brings each image and mask to
+    size x size (`derm.data.preprocess`), exactly as `derm.inference.load_image` does.
     """
+    preprocessing = preprocessing or Preprocessing()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     mask_columns = tuple(mask_columns)
     log = log or logger.info
-    final = cache_dir / cache_key(table, size, mask_columns, optional_masks)
+    final = cache_dir / cache_key(table, size, mask_columns, optional_masks, preprocessing)
     if (final / INDEX_FILE).exists():
         return open_cache(final)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +207,8 @@ def build_cache(
         if (final / INDEX_FILE).exists():  # another process built it while we waited
             return open_cache(final)
         _remove_stale_builds(cache_dir, final.name, log)
-        _build(table, size, mask_columns, final, workers or available_cpus(), log, optional_masks)
+        _build(table, size, mask_columns, final, workers or available_cpus(), log, optional_masks,
+               preprocessing=preprocessing)
     return open_cache(final, built=True)
 
 
@@ -241,14 +260,17 @@ def _remove_stale_build(folder: Path, log: Callable[[str], None]) -> None:
 
 
 def _build(table: pd.DataFrame, size: int, mask_columns: tuple[str, ...], final: Path, workers: int,
-           log: Callable[[str], None], optional_masks: bool = False) -> None:
+           log: Callable[[str], None], optional_masks: bool = False, *,
+           preprocessing: Preprocessing = Preprocessing()) -> None:
     """Decode into a temporary folder and rename it to `final` (call with the lock held)."""
     shutil.rmtree(final, ignore_errors=True)  # a folder without its index is not a cache
     temporary = final.with_name(f"{final.name}.building-{os.getpid()}")
-    log(f"decode cache: decoding {len(table)} images at {size}x{size} into {final}")
+    how = "" if preprocessing.is_default else f" ({preprocessing.describe()})"
+    log(f"decode cache: decoding {len(table)} images at {size}x{size}{how} into {final}")
     started = time.monotonic()
     try:
-        kept = _write_arrays(table, size, mask_columns, temporary, workers, log, optional_masks)
+        kept = _write_arrays(table, size, mask_columns, temporary, workers, log, optional_masks,
+                             preprocessing=preprocessing)
         os.replace(temporary, final)  # atomic: readers see nothing or everything
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -273,7 +295,8 @@ class _BuildProgress:
 
 
 def _write_arrays(table: pd.DataFrame, size: int, mask_columns: tuple[str, ...], folder: Path,
-                  workers: int, log: Callable[[str], None], optional_masks: bool = False) -> int:
+                  workers: int, log: Callable[[str], None], optional_masks: bool = False, *,
+                  preprocessing: Preprocessing = Preprocessing()) -> int:
     """Write the arrays and index of the rows that decode into `folder`; return how many."""
     folder.mkdir(parents=True)
     records = table.to_dict("records")
@@ -286,7 +309,8 @@ def _write_arrays(table: pd.DataFrame, size: int, mask_columns: tuple[str, ...],
     jobs = ((record, mask_columns) for record in records)
     build_progress = _BuildProgress(n, log)
     for count, (record, (sample, row_problems)) in enumerate(
-            zip(records, inspect_samples(jobs, size=size, workers=workers, optional_masks=optional_masks)), 1):
+            zip(records, inspect_samples(jobs, size=size, workers=workers, optional_masks=optional_masks,
+                                         preprocessing=preprocessing)), 1):
         build_progress.done(count)
         problems.extend(row_problems)
         if sample is None:
@@ -304,6 +328,7 @@ def _write_arrays(table: pd.DataFrame, size: int, mask_columns: tuple[str, ...],
         "format_version": CACHE_FORMAT_VERSION,
         "layout": table.attrs.get("layout"),
         "size": size,
+        "preprocessing": preprocessing.to_dict(),
         "mask_columns": list(mask_columns),
         "image_ids": image_ids,
         "problems": [asdict(p) for p in problems],

@@ -12,6 +12,9 @@
     >>> item["image"].shape, item["mask"].shape, item["has_mask"], item["index"]
     (torch.Size([3, 32, 32]), torch.Size([1, 32, 32]), True, 0)
 
+A dataset built with ``metadata`` (``from_table(..., metadata=True)``) also gives each item
+"metadata", the image's float32 (`derm.data.metadata.METADATA_FEATURES`,) patient vector.
+
 `item["has_mask"]` is False for an image without a mask file (its mask is all zero and
 the loss and metrics leave it out). `item["index"]` is the sample's row in the cache, so `arrays.image_ids[index]` and
 `arrays.original_sizes[index]` name the image and its size when writing predictions.
@@ -27,6 +30,7 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from derm.data.cache import DecodedArrays
+from derm.data.metadata import encode_metadata
 from derm.errors import DataError
 from derm.labels import CLASSES
 
@@ -42,7 +46,8 @@ class DermDataset(Dataset):
 
     Each item is a dict: "image" float32 (3, S, S) as normalised by the transform,
     "mask" float32 (C, S, S) in {0, 1} (C = 0 when the cache has no mask columns),
-    "label" int64 scalar, "has_mask" bool, "index" the cache row.
+    "label" int64 scalar, "has_mask" bool, "index" the cache row; with `metadata`
+    ((len(rows), F) float32, `derm.data.metadata.encode_metadata`), "metadata" (F,) too.
 
     Safe with DataLoader workers: the cache pickles as its folder and each worker
     re-opens the memory maps, so no array is copied between processes.
@@ -55,6 +60,7 @@ class DermDataset(Dataset):
         labels: Sequence[int] | None,
         transform: Callable[..., dict],
         has_mask: Sequence[bool] | None = None,
+        metadata: np.ndarray | None = None,
     ):
         self.arrays = arrays
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -64,10 +70,15 @@ class DermDataset(Dataset):
             raise ValueError(f"{len(self.labels)} labels for {len(self.rows)} rows")
         self.has_mask = (np.ones(len(self.rows), bool) if has_mask is None else np.asarray(has_mask, dtype=bool))
         self.transform = transform
+        self.metadata = None if metadata is None else np.asarray(metadata, dtype=np.float32)
+        if self.metadata is not None and len(self.metadata) != len(self.rows):
+            raise ValueError(f"{len(self.metadata)} metadata vectors for {len(self.rows)} rows")
 
     @classmethod
-    def from_table(cls, arrays: DecodedArrays, table: pd.DataFrame, transform: Callable[..., dict]) -> "DermDataset":
-        """The table's images, in table order, with labels from its `diagnosis` column.
+    def from_table(cls, arrays: DecodedArrays, table: pd.DataFrame, transform: Callable[..., dict],
+                   metadata: bool = False) -> "DermDataset":
+        """The table's images, in table order, with labels from its `diagnosis` column
+        (and, with `metadata`, the encoding of its age, sex and site columns).
 
         Every image must be in the cache: drop the rows the cache left out first
         (`derm.data.decoding.drop_bad_rows` with `arrays.problems`).
@@ -80,7 +91,8 @@ class DermDataset(Dataset):
         # A row whose mask file is empty has an all-zero mask in the cache (optional masks).
         columns = [c for c in arrays.mask_columns if c in table]
         has_mask = table[columns].notna().all(axis=1).to_numpy() if columns else None
-        return cls(arrays, rows, labels_from_diagnosis(table["diagnosis"]), transform, has_mask)
+        vectors = encode_metadata(table) if metadata else None
+        return cls(arrays, rows, labels_from_diagnosis(table["diagnosis"]), transform, has_mask, vectors)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -95,13 +107,16 @@ class DermDataset(Dataset):
         else:
             out = self.transform(image=image)
             mask = torch.zeros((0, *out["image"].shape[:2]), dtype=torch.float32)
-        return {
+        item = {
             "image": torch.from_numpy(as_float32_chw(out["image"])),
             "mask": mask,
             "label": torch.tensor(self.labels[i], dtype=torch.int64),
             "has_mask": bool(self.has_mask[i]),
             "index": row,
         }
+        if self.metadata is not None:
+            item["metadata"] = torch.from_numpy(self.metadata[i].copy())
+        return item
 
 
 def labels_from_diagnosis(diagnosis: pd.Series) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFile
 
+from derm.data.preprocess import Preprocessing, Resize
 from derm.data.problems import Problem
 from derm.errors import DataError
 from derm.labels import ATTRIBUTES
@@ -90,28 +91,32 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return Image.fromarray(gray, "L").convert("RGB")
 
 
-def decode_image(path: str, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+def decode_image(path: str, size: int | None, *,
+                 preprocessing: Preprocessing | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """uint8 (H, W, 3) RGB pixels of the image at `path` and its source (height, width).
 
     With `size`, the image is decoded at reduced JPEG scale where possible and
-    resized to size x size (bilinear). 16-bit grayscale is rescaled to 8 bits.
+    brought to size x size (bilinear) by `preprocessing`'s geometry (default: squash,
+    a plain resize); its colour constancy, if any, follows (`derm.data.preprocess`).
+    16-bit grayscale is rescaled to 8 bits.
     """
+    preprocessing = preprocessing or Preprocessing()
     # Never apply EXIF orientation: masks are drawn on the stored pixel grid.
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone switched it on; it would hide truncated files
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must stay False for derm's checks")
     with Image.open(path) as img:
         width, height = img.size
         if size is not None:
-            img.draft("RGB", (size, size))  # JPEG only: decode at the smallest scale >= size
+            # JPEG only: decode at the smallest scale >= size in both sides, which every
+            # geometry (squash, pad's longest side, center_crop's shortest) still has room in.
+            img.draft("RGB", (size, size))
         img.load()
         rgb = _to_rgb(img)
-    if size is not None and rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8), (height, width)
+    return preprocessing.apply(rgb, size, (height, width)), (height, width)
 
 
 def _decode_mask(
-    image_id: str, path: str, column: str, image_size: tuple[int, int], size: int | None
+    image_id: str, path: str, column: str, image_size: tuple[int, int], geometry: Resize | None
 ) -> tuple[np.ndarray | None, Problem | None]:
     label = _column_label(column)
     if not os.path.exists(path):
@@ -134,13 +139,13 @@ def _decode_mask(
     if other_values:
         shown = ", ".join(map(str, other_values[:8])) + (", ..." if len(other_values) > 8 else "")
         return None, Problem(image_id, path, f"{label} must hold only 0 and 255, found {shown}")
-    if size is not None:
-        gray = gray.resize((size, size), Image.Resampling.NEAREST)
-    return (np.asarray(gray) > 127).astype(np.uint8), None
+    pixels = geometry.apply_mask(gray) if geometry is not None else np.asarray(gray)
+    return (pixels > 127).astype(np.uint8), None
 
 
 def inspect_sample(
-    row: Mapping, mask_columns: Sequence[str], *, size: int | None = None, optional_masks: bool = False
+    row: Mapping, mask_columns: Sequence[str], *, size: int | None = None, optional_masks: bool = False,
+    preprocessing: Preprocessing | None = None,
 ) -> tuple[DecodedSample | None, list[Problem]]:
     """Decode one table row's image and masks, checking each file.
 
@@ -150,8 +155,9 @@ def inspect_sample(
     Task 3 images have no lesion mask; multitask training uses them for the
     diagnosis alone, and the loss knows from the table which masks exist). The image must
     decode fully; each mask must exist, be the image's size and hold only 0/255.
-    With `size`, the image is decoded at reduced JPEG scale and resized to
-    size x size (bilinear) and the masks are resized with nearest neighbour.
+    With `size`, the image is decoded at reduced JPEG scale and brought to size x size
+    by `preprocessing` (`derm.data.preprocess`; default: squash, no colour constancy),
+    and the masks by the same geometry with nearest neighbour.
 
     Returns the decoded sample, or None when any check fails, and the problems.
 
@@ -167,9 +173,10 @@ def inspect_sample(
     if not os.path.exists(image_path):
         return None, [Problem(image_id, image_path, "image file not found")]
     try:
-        image, original_size = decode_image(image_path, size)
+        image, original_size = decode_image(image_path, size, preprocessing=preprocessing)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         return None, [Problem(image_id, image_path, f"cannot decode image: {err}")]
+    geometry = (preprocessing or Preprocessing()).geometry(size) if size is not None else None
     masks, problems = [], []
     for column in mask_columns:
         mask_path = row[column]
@@ -179,7 +186,7 @@ def inspect_sample(
             else:
                 problems.append(Problem(image_id, image_path, f"no {_column_label(column)} ({column} is empty)"))
             continue
-        mask, problem = _decode_mask(image_id, mask_path, column, original_size, size)
+        mask, problem = _decode_mask(image_id, mask_path, column, original_size, geometry)
         if problem is not None:
             problems.append(problem)
         else:
@@ -193,7 +200,7 @@ def inspect_sample(
 
 def inspect_samples(
     jobs: Iterable[tuple[Mapping, Sequence[str]]], *, size: int | None = None, workers: int | None = None,
-    optional_masks: bool = False,
+    optional_masks: bool = False, preprocessing: Preprocessing | None = None,
 ) -> Iterator[tuple[DecodedSample | None, list[Problem]]]:
     """`inspect_sample` over many (row, mask_columns) pairs in a thread pool, in order.
 
@@ -207,8 +214,8 @@ def inspect_samples(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         # Submit in chunks so a large table never holds all decoded images at once.
         while chunk := list(islice(jobs, 64 * workers)):
-            yield from pool.map(lambda job: inspect_sample(job[0], job[1], size=size,
-                                                           optional_masks=optional_masks), chunk)
+            yield from pool.map(lambda job: inspect_sample(job[0], job[1], size=size, optional_masks=optional_masks,
+                                                           preprocessing=preprocessing), chunk)
 
 
 def check_table(table: pd.DataFrame, *, decode: bool = True, workers: int | None = None) -> list[Problem]:

@@ -4,7 +4,8 @@ derm reads four on-disk layouts of HAM10000 and ISIC 2018 (see LAYOUTS) and
 turns each into the same pandas DataFrame, the dataset table:
 
     image_id, image_path, lesion_id, diagnosis, lesion_mask_path,
-    attribute_<name>_path for each name in derm.labels.ATTRIBUTES
+    attribute_<name>_path for each name in derm.labels.ATTRIBUTES,
+    age, sex, localization (strings from the metadata CSV; None where unknown or the layout has none)
 
 with `attrs` "layout", "root", "has_lesion_ids" and "problems". Paths are
 absolute, rows are sorted by image_id, missing values are None.
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from derm.data.metadata import SOURCE_COLUMNS as METADATA_SOURCE_COLUMNS, read_metadata_csv
 from derm.data.problems import Problem
 from derm.errors import ConfigError, DataError
 from derm.labels import ATTRIBUTES, CLASSES, DX_TO_CLASS
@@ -33,7 +35,7 @@ from derm.labels import ATTRIBUTES, CLASSES, DX_TO_CLASS
 LAYOUTS = ("ham10000", "ham10000-kaggle", "isic2018-task1-3", "isic2018-task2")
 
 COLUMNS = ("image_id", "image_path", "lesion_id", "diagnosis", "lesion_mask_path",
-           *(f"attribute_{name}_path" for name in ATTRIBUTES))
+           *(f"attribute_{name}_path" for name in ATTRIBUTES), *METADATA_SOURCE_COLUMNS)
 
 HAM_METADATA = "HAM10000_metadata.csv"
 HAM_IMAGE_FOLDERS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "images")
@@ -130,6 +132,7 @@ def _read_ham10000(root: Path, problems: list) -> tuple[list, bool]:
     images = _scan_images([root / name for name in HAM_IMAGE_FOLDERS], problems)
     labels = _labels_from_dx_file(root / HAM_METADATA, problems, lesion_ids=True)
     records = _join_labels(labels, images, root / HAM_METADATA, problems)
+    _attach_metadata(records, root / HAM_METADATA)
     if (root / HAM_MASK_FOLDER).is_dir():
         _attach_lesion_masks(records, _scan_lesion_masks(root / HAM_MASK_FOLDER, problems), problems)
     return records, True
@@ -147,6 +150,7 @@ def _read_kaggle(root: Path, problems: list) -> tuple[list, bool]:
         label_file, has_lesion_ids = root / "GroundTruth.csv", False
         labels = _labels_from_one_hot_file(label_file, problems)
     records = _join_labels(labels, images, label_file, problems)
+    _attach_metadata(records, label_file)  # GroundTruth.csv has none: they stay None
     if (root / "masks").is_dir():
         _attach_lesion_masks(records, _scan_lesion_masks(root / "masks", problems), problems)
     return records, has_lesion_ids
@@ -263,6 +267,13 @@ def _record(image_id: str, image_path: str, lesion_id: str | None = None, diagno
     record = dict.fromkeys(COLUMNS)
     record.update(image_id=image_id, image_path=image_path, lesion_id=lesion_id or image_id, diagnosis=diagnosis)
     return record
+
+
+def _attach_metadata(records: list[dict], csv_path: Path) -> None:
+    """Copy age, sex and site from the label CSV (the columns it has) onto `records`."""
+    metadata = {row.pop("image_id"): row for row in read_metadata_csv(csv_path).to_dict("records")}
+    for record in records:
+        record.update(metadata.get(record["image_id"], {}))
 
 
 def _join_labels(labels: dict, images: dict[str, str], label_file: Path, problems: list) -> list[dict]:

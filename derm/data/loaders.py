@@ -30,6 +30,7 @@ from derm.data.cache import build_cache
 from derm.data.dataset import DermDataset, class_balanced_sampler, labels_from_diagnosis
 from derm.data.decoding import check_bad_fraction, drop_bad_rows
 from derm.data.formats import load_table
+from derm.data.preprocess import Preprocessing
 from derm.data.problems import Problem
 from derm.data.splits import apply_split, make_split, read_split, write_split
 from derm.data.transforms import eval_transform, train_transform
@@ -109,7 +110,7 @@ def decode_split(cfg: RunConfig, rows: pd.DataFrame, mask_columns: Sequence[str]
                  log: Callable[[str], None]):
     """Build (or open) the decode-once cache of one split; (arrays, usable rows, problems found)."""
     arrays = build_cache(rows, cfg.data.image_size, cfg.data.cache_dir, mask_columns, log=log,
-                         optional_masks=cfg.task == "multitask")
+                         optional_masks=cfg.task == "multitask", preprocessing=Preprocessing.from_config(cfg.data))
     problems = list(arrays.problems)
     for problem in problems:
         log(f"skipping {problem.path}: {problem.problem} ({name} split)")
@@ -128,11 +129,15 @@ def prepare_data(
     evaluate_on: tuple[str, ...] = ("val",),
     device: torch.device | None = None,
     log: Callable[[str], None] = logger.warning,
+    decode_together: bool = False,
 ) -> PreparedData:
     """Load, check, split, decode once and wrap the data a run needs.
 
     ``train_on`` names the splits merged into the training loader; each name in
-    ``evaluate_on`` gets its own evaluation loader. No other split is decoded. Bad files
+    ``evaluate_on`` gets its own evaluation loader. No other split is decoded. With
+    ``decode_together``, the training and evaluation splits share one decode-once cache
+    over all their images: cross-validation moves images between "train" and "val" from
+    fold to fold, and every fold then opens the same cache instead of decoding anew. Bad files
     (the table's own problems and those found decoding) are skipped and reported through
     ``log``; more of them than ``data.max_bad_fraction`` of the dataset stop the run.
     """
@@ -159,17 +164,22 @@ def prepare_data(
 
     train_rows = pd.concat([parts[name] for name in train_on], ignore_index=True)
     train_rows.attrs = dict(table.attrs)
-    arrays, train_rows, found = decode_split(cfg, train_rows, mask_columns, "+".join(train_on), log)
+    if decode_together:
+        decoded = _decode_together(cfg, parts, train_on, evaluate_on, mask_columns, table, log)
+        (arrays, train_rows, found), decoded = decoded["train"], {n: decoded[n] for n in evaluate_on}
+    else:
+        arrays, train_rows, found = decode_split(cfg, train_rows, mask_columns, "+".join(train_on), log)
+        decoded = {name: decode_split(cfg, _with_attrs(parts[name], table), mask_columns, name, log)
+                   for name in evaluate_on}
     problems += found
-    decoded = {name: decode_split(cfg, _with_attrs(parts[name], table), mask_columns, name, log)
-               for name in evaluate_on}
     for _, _, found in decoded.values():
         problems += found
     check_bad_fraction(problems, known_ids, cfg.data.max_bad_fraction)
 
     if train_rows.empty:
         raise DataError(f"{cfg.data.root}: the {'+'.join(train_on)} split has no usable images")
-    train_set = DermDataset.from_table(arrays, train_rows, train_transform(size, cfg.data.augment))
+    train_set = DermDataset.from_table(arrays, train_rows, train_transform(size, cfg.data.augment),
+                                       metadata=cfg.model.metadata)
     sampler = class_balanced_sampler(train_set.labels, generator=generator) if cfg.data.balanced_sampling else None
     loaders["train"] = DataLoader(
         train_set, batch_size=cfg.train.batch_size, shuffle=sampler is None, sampler=sampler,
@@ -182,7 +192,7 @@ def prepare_data(
             raise DataError(f"{cfg.data.root}: the {name} split has no usable images "
                             f"(data.val_fraction / data.test_fraction too small for this dataset?)")
         loaders[name] = DataLoader(
-            DermDataset.from_table(eval_arrays, rows, eval_transform(size)),
+            DermDataset.from_table(eval_arrays, rows, eval_transform(size), metadata=cfg.model.metadata),
             batch_size=cfg.train.batch_size, shuffle=False, num_workers=workers,
             pin_memory=device is not None and device.type == "cuda",
         )
@@ -196,6 +206,26 @@ def prepare_data(
         problems=problems,
         generator=generator,
     )
+
+
+def _decode_together(cfg: RunConfig, parts: dict[str, pd.DataFrame], train_on: tuple[str, ...],
+                     evaluate_on: tuple[str, ...], mask_columns: Sequence[str], table: pd.DataFrame,
+                     log: Callable[[str], None]) -> dict:
+    """One cache over the images of ``train_on`` and ``evaluate_on``; per loader ("train" and each
+    evaluated split) the shared arrays, its usable rows and (once, under "train") the problems found."""
+    names = [*train_on, *[name for name in evaluate_on if name not in train_on]]
+    # Sorted, so the cache key (which lists the images in order) is the same whichever fold is held out.
+    every = pd.concat([parts[name] for name in names], ignore_index=True)
+    every = _with_attrs(every.sort_values("image_id", kind="stable").reset_index(drop=True), table)
+    arrays, kept, problems = decode_split(cfg, every, mask_columns, "+".join(names), log)
+    usable = set(kept["image_id"])
+
+    def usable_rows(splits: Sequence[str]) -> pd.DataFrame:
+        rows = pd.concat([parts[name] for name in splits], ignore_index=True)
+        return _with_attrs(rows[rows["image_id"].isin(usable)].reset_index(drop=True), table)
+
+    return {"train": (arrays, usable_rows(train_on), problems),
+            **{name: (arrays, usable_rows([name]), []) for name in evaluate_on}}
 
 
 def _with_attrs(rows: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:

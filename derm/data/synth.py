@@ -37,6 +37,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=500, help="number of images (default 500)")
     parser.add_argument("--size", default="128x128", help="image size WIDTHxHEIGHT (default 128x128)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--colour-cast", type=float, default=0.0, metavar="STRENGTH",
+                        help="per-image random illuminant: channel gains exp(N(0, STRENGTH)), e.g. 0.15 "
+                             "(default 0: none), for data.color_constancy to undo")
+    parser.add_argument("--metadata-signal", type=float, default=0.0, metavar="STRENGTH",
+                        help="share (0-1) of lesions whose age, sex and site follow their diagnosis (melanoma "
+                             "older and on the back, nevi younger, BCC on the face), for model.metadata to use "
+                             "(default 0: HAM10000's overall frequencies; ham10000 layout only)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar; the closing line still prints")
     return parser.parse_args(argv)
 
@@ -49,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def command(args: argparse.Namespace) -> None:
     set_quiet(args.quiet)
-    root = write_synthetic_dataset(args.out, args.layout, args.n, parse_size(args.size), args.seed)
+    root = write_synthetic_dataset(args.out, args.layout, args.n, parse_size(args.size), args.seed,
+                                   colour_cast=args.colour_cast, metadata_signal=args.metadata_signal)
     print(f"wrote {args.n} {args.layout} images to {root}")
 
 

@@ -71,6 +71,20 @@ SITES = {"back": 2192, "lower extremity": 2077, "trunk": 1404, "upper extremity"
          "ear": 56, "genital": 48, "acral": 7}
 MISSING_AGE_RATE = 57 / 10015
 METADATA_COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+# With a metadata signal, a lesion's patient is drawn from its diagnosis's typical one, as the
+# dermatology literature describes them: BCC and actinic keratoses on the sun-exposed head of
+# the old, melanoma on the back of older men, nevi on the trunk of the young, dermatofibroma
+# on women's legs. Gives metadata fusion (model.metadata) a class signal to find.
+METADATA_PROFILES = {
+    "nv": (30, {"male": 0.5, "female": 0.5}, {"trunk": 0.4, "back": 0.3, "lower extremity": 0.3}),
+    "mel": (65, {"male": 0.7, "female": 0.3}, {"back": 0.6, "upper extremity": 0.2, "chest": 0.2}),
+    "bcc": (72, {"male": 0.6, "female": 0.4}, {"face": 0.6, "scalp": 0.15, "neck": 0.15, "ear": 0.1}),
+    "akiec": (75, {"male": 0.6, "female": 0.4}, {"face": 0.4, "scalp": 0.2, "hand": 0.2, "upper extremity": 0.2}),
+    "bkl": (62, {"male": 0.5, "female": 0.5}, {"trunk": 0.4, "face": 0.3, "back": 0.3}),
+    "df": (40, {"male": 0.25, "female": 0.75}, {"lower extremity": 0.8, "upper extremity": 0.2}),
+    "vasc": (45, {"male": 0.5, "female": 0.5}, {"trunk": 0.4, "abdomen": 0.3, "lower extremity": 0.3}),
+}
+PROFILE_AGE_SD = 8
 
 
 @dataclass(frozen=True)
@@ -437,12 +451,45 @@ def _metadata(rng, dx: str) -> dict:
             "sex": rng.choice(sexes, p=p_sexes), "localization": rng.choice(sites, p=p_sites)}
 
 
+def _profile_metadata(rng, dx: str, metadata: dict) -> dict:
+    """`metadata` with age, sex and site redrawn from `dx`'s METADATA_PROFILES (a missing age stays missing)."""
+    mean_age, sex_weights, site_weights = METADATA_PROFILES[dx]
+    sexes, p_sexes = _weights(sex_weights)
+    sites, p_sites = _weights(site_weights)
+    age = int(np.clip(5 * round(rng.normal(mean_age, PROFILE_AGE_SD) / 5), 0, 85))
+    return {**metadata, "age": None if metadata["age"] is None else age,
+            "sex": rng.choice(sexes, p=p_sexes), "localization": rng.choice(sites, p=p_sites)}
+
+
+def _with_metadata_signal(metadata: dict, dx: str, strength: float, seed: int, number: int) -> dict:
+    """With probability `strength`, the lesion's patient is its diagnosis's typical one (`_profile_metadata`).
+
+    Drawn from a stream of its own, so a signal leaves every other draw (and pixel) as it was.
+    """
+    rng = np.random.default_rng([seed, 5, number])
+    return _profile_metadata(rng, dx, metadata) if rng.random() < strength else metadata
+
+
 def _view_jitter(rng, first: bool) -> dict:
     """Repeat images of a lesion are slightly shifted, turned and zoomed."""
     if first:
         return {"shift": rng.normal(0, 0.05, 2).clip(-0.12, 0.12)}
     return {"shift": rng.normal(0, 0.07, 2).clip(-0.15, 0.15), "rotation": rng.normal(0, 0.3),
             "zoom": rng.uniform(0.9, 1.1)}
+
+
+def _colour_cast(pixels: np.ndarray, strength: float, rng) -> np.ndarray:
+    """The image under a random illuminant, for colour constancy to undo: each channel times
+    exp(N(0, strength)), the gains divided by their geometric mean so that only the colour
+    moves, not the brightness."""
+    gains = np.exp(rng.normal(0, strength, 3))
+    gains /= np.exp(np.log(gains).mean())
+    return np.clip(np.rint(pixels * gains), 0, 255).astype(np.uint8)
+
+
+def _cast_rng(seed: int, index: int):
+    """The colour cast's own stream, apart from the image's: a cast leaves every other pixel draw as it was."""
+    return np.random.default_rng([seed, 4, index])
 
 
 def _save_image(path: Path, pixels: np.ndarray) -> None:
@@ -453,7 +500,8 @@ def _save_mask(path: Path, mask: np.ndarray) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
-def _write_ham10000(root: Path, n: int, size, seed: int) -> None:
+def _write_ham10000(root: Path, n: int, size, seed: int, colour_cast: float = 0.0,
+                    metadata_signal: float = 0.0) -> None:
     groups = _lesion_groups(np.random.default_rng([seed, 0]), ham10000_class_counts(n))
     order = np.random.default_rng([seed, 1])
     lesion_numbers = order.permutation(len(groups))  # ids carry no hint of the class
@@ -468,11 +516,15 @@ def _write_ham10000(root: Path, n: int, size, seed: int) -> None:
             rng = np.random.default_rng([seed, 2, number])
             lesion = _make_lesion(rng, dx, HAM10000_ATTRIBUTE_RATES.get(dx, {}))
             metadata = _metadata(rng, dx)
+            if metadata_signal:
+                metadata = _with_metadata_signal(metadata, dx, metadata_signal, seed, number)
             for repeat in range(images):
                 index = int(next(image_numbers))
                 image_id = f"ISIC_{FIRST_HAM10000_ID + index:07d}"
                 view_rng = np.random.default_rng([seed, 3, index])
                 pixels, lesion_mask, _ = _render(view_rng, lesion, size, **_view_jitter(view_rng, repeat == 0))
+                if colour_cast:
+                    pixels = _colour_cast(pixels, colour_cast, _cast_rng(seed, index))
                 # like the original, the first half of the ids sits in part 1
                 _save_image(folders[index >= (n + 1) // 2] / f"{image_id}.jpg", pixels)
                 _save_mask(masks / f"{image_id}_segmentation.png", lesion_mask)
@@ -494,7 +546,7 @@ def _task2_lesions(rng, n: int) -> list[Lesion]:
     return lesions
 
 
-def _write_task2(root: Path, n: int, size, seed: int) -> None:
+def _write_task2(root: Path, n: int, size, seed: int, colour_cast: float = 0.0) -> None:
     images = root / "ISIC2018_Task1-2_Training_Input"
     masks = root / "ISIC2018_Task1_Training_GroundTruth"
     attributes = root / "ISIC2018_Task2_Training_GroundTruth_v3"
@@ -505,6 +557,8 @@ def _write_task2(root: Path, n: int, size, seed: int) -> None:
         image_id = f"ISIC_{index:07d}"
         view_rng = np.random.default_rng([seed, 3, index])
         pixels, lesion_mask, attribute_masks = _render(view_rng, lesion, size, **_view_jitter(view_rng, True))
+        if colour_cast:
+            pixels = _colour_cast(pixels, colour_cast, _cast_rng(seed, index))
         _save_image(images / f"{image_id}.jpg", pixels)
         _save_mask(masks / f"{image_id}_segmentation.png", lesion_mask)
         for name in ATTRIBUTES:
@@ -512,12 +566,23 @@ def _write_task2(root: Path, n: int, size, seed: int) -> None:
             _save_mask(attributes / f"{image_id}_attribute_{name}.png", mask)
 
 
-def write_synthetic_dataset(out, layout: str = "ham10000", n: int = 500, size=(128, 128), seed: int = 0) -> Path:
+def write_synthetic_dataset(out, layout: str = "ham10000", n: int = 500, size=(128, 128), seed: int = 0,
+                            *, colour_cast: float = 0.0, metadata_signal: float = 0.0) -> Path:
     """Write n generated images with masks (and metadata) under `out` in a real layout; returns `out`.
 
     layout "ham10000" writes HAM10000_images_part_{1,2}/, HAM10000_metadata.csv (CRLF) and
     HAM10000_segmentations_lesion_tschandl/; "isic2018-task2" writes the Task 1-2 inputs, Task 1
     lesion masks and all five Task 2 attribute masks per image. The same seed gives the same bytes.
+
+    `colour_cast` > 0 photographs each image under its own random illuminant (channel gains
+    exp(N(0, colour_cast)), brightness kept), as dermoscopes of different makes and settings
+    do, so that colour constancy (``data.color_constancy``) has something to undo; 0 writes
+    exactly the bytes it wrote before the option existed.
+
+    `metadata_signal` in [0, 1] (ham10000 only) is the share of lesions whose patient's age,
+    sex and lesion site follow their diagnosis (`METADATA_PROFILES`) instead of HAM10000's
+    overall frequencies, so that metadata fusion (``model.metadata``) has a signal to use;
+    0 writes exactly the bytes it wrote before the option existed.
 
         >>> import tempfile
         >>> root = write_synthetic_dataset(tempfile.mkdtemp() + "/ISIC2018", "isic2018-task2", n=4, size=(64, 64))
@@ -534,10 +599,18 @@ def write_synthetic_dataset(out, layout: str = "ham10000", n: int = 500, size=(1
     width, height = size
     if min(width, height) < 32:  # below that the smallest lesions can miss every pixel
         raise ConfigError(f"synthetic image size {width}x{height} is too small; use at least 32x32")
+    if not 0 <= colour_cast < float("inf"):
+        raise ConfigError(f"colour cast strength must be a number >= 0 (0: none, 0.2: strong), got {colour_cast}")
+    if not 0 <= metadata_signal <= 1:
+        raise ConfigError(f"metadata signal must be a share between 0 and 1 (0: none, 1: every lesion), "
+                          f"got {metadata_signal}")
+    if metadata_signal and layout != "ham10000":
+        raise ConfigError(f"a metadata signal needs layout ham10000 ({layout} writes no metadata)")
     root = Path(out)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise ConfigError(f"{root} already exists and is not an empty folder; give a new folder for the dataset")
     root.mkdir(parents=True, exist_ok=True)
     writer = _write_ham10000 if layout == "ham10000" else _write_task2
-    writer(root, n, (int(width), int(height)), seed)
+    signal = {"metadata_signal": float(metadata_signal)} if metadata_signal else {}
+    writer(root, n, (int(width), int(height)), seed, colour_cast=float(colour_cast), **signal)
     return root

@@ -112,6 +112,17 @@ class SplitPredictions:
         arrays = {name: getattr(self, name)[indices] for name in ARRAYS if getattr(self, name) is not None}
         return SplitPredictions(self.task, [self.image_ids[i] for i in indices], **arrays, epoch=self.epoch)
 
+    @classmethod
+    def concatenate(cls, parts: "list[SplitPredictions]") -> "SplitPredictions":
+        """The records of several disjoint parts as one (e.g. cross-validation's out-of-fold
+        predictions, one part per fold), images in the parts' order; samples are kept."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        arrays = {name: np.concatenate([getattr(p, name) for p in parts])
+                  for name in ARRAYS if getattr(parts[0], name) is not None}
+        return cls(parts[0].task, [i for p in parts for i in p.image_ids], **arrays,
+                   samples=[s for p in parts for s in p.samples])
+
     def classification_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities and labels of the labelled images."""
         labelled = self.labels >= 0

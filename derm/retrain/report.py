@@ -186,8 +186,24 @@ def write_ensemble_table(summary: dict[str, Any], path: Path) -> Path:
     intervals = [f"{n} {_interval(ensemble['ci95'], n)}" for n in names if _interval(ensemble["ci95"], n)]
     if intervals:
         text += f"\nThe ensemble's 95% intervals: {', '.join(intervals)}.\n\n{bootstrap_line(summary)}.\n"
+    if "selection" in summary:
+        text += "\n" + selection_text(summary["selection"])
     path.write_text(text)
     return path
+
+
+def selection_text(selection: dict[str, Any]) -> str:
+    """ensemble.md's section on the members' weights and what they gained over the best single one."""
+    text = f"## Weights\n\n{selection['method']}.\n\n" + markdown_table(pd.DataFrame(
+        [{"member": name, "weight": weight} for name, weight in selection["weights"].items()]))
+    for where, title in (("validation", "validation split (where the weights were chosen)"),
+                         ("test", "test split")):
+        if where in selection:
+            part = selection[where]
+            text += (f"\nOn the {title}: {part['metric']} {part['ensemble']:.4f} for the ensemble, "
+                     f"{part['best_single']:.4f} for the best single member ({part['best_single_member']}), "
+                     f"gain {part['gain']:+.4f}.\n")
+    return text
 
 
 def bootstrap_line(summary: dict[str, Any]) -> str:
@@ -222,6 +238,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     else:
         central, spread, ci = summary["ensemble"]["metrics"], {}, summary["ensemble"]["ci95"]
         title = "ensemble (mean probabilities)"
+    if summary["mode"] == "cross-validation":
+        lines += cross_validation_lines(summary, names)
+        title = f"fold ensemble of {summary['cross_validation']['folds']} models (mean probabilities), test split"
     lines.append(f"{title}{', 95% interval of the same' if ci else ''}:")
     for name in names:
         if central.get(name) is None:
@@ -233,6 +252,36 @@ def format_summary(summary: dict[str, Any]) -> str:
     if ci:
         lines.append(bootstrap_line(summary))
     return "\n".join(lines)
+
+
+def cross_validation_lines(summary: dict[str, Any], names: Sequence[str]) -> list[str]:
+    """The out-of-fold estimate with its interval and each fold's score on its held-out images."""
+    cv = summary["cross_validation"]
+    oof, ci = cv["out_of_fold"]["metrics"], cv["out_of_fold"]["ci95"]
+    lines = [f"out-of-fold, {cv['folds']} folds over {cv['out_of_fold_images']} train+val images "
+             f"(grouped by lesion, stratified by diagnosis){', 95% interval' if ci else ''}:"]
+    for name in names:
+        if oof.get(name) is not None:
+            interval = _interval(ci, name)
+            lines.append(f"  {name} {oof[name]:.4f}" + (f", 95% CI {interval}" if interval else ""))
+    per_fold = ", ".join(f"fold {f['fold']} {f['metrics']['score']:.4f} ({f['images']} images)" for f in cv["per_fold"])
+    lines.append(f"  score per fold: {per_fold}")
+    chosen = summary.get("chosen_on_out_of_fold", {})
+    if "postprocess" in chosen:
+        pp = chosen["postprocess"]
+        what = (f"attribute thresholds {', '.join(f'{v:g}' for v in pp['attribute_thresholds'])}"
+                if pp.get("attribute_thresholds") else f"mask threshold {pp['threshold']:g}, {pp['mode']}")
+        lines.append(f"chosen on out-of-fold predictions (applied to the test masks and by derm.predict): {what}")
+    if "calibration" in chosen:
+        calibration = chosen["calibration"]
+        lines.append(f"temperature {calibration['temperature']:.3f} (fitted on out-of-fold diagnoses): test ECE "
+                     f"{calibration['test_ece_before']:.4f} before, {calibration['test_ece_after']:.4f} after")
+        for name, value in calibration["melanoma"].items():
+            low, high = value["ci95"]
+            interval = f", 95% CI [{low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
+            shown = "nan" if value["value"] is None else f"{value['value']:.4f}"
+            lines.append(f"  {name.replace('_', ' ')} {shown}{interval}")
+    return lines
 
 
 def _interval(ci: dict[str, list], name: str) -> str:

@@ -43,9 +43,12 @@ class Member:
     candidate: Candidate
     seed: int
     epochs: int
+    fold: int | None = None  # cross-validation: the fold this model holds out
 
     @property
     def label(self) -> str:
+        if self.fold is not None:
+            return f"rank{self.candidate.rank}-fold{self.fold}"
         return f"rank{self.candidate.rank}-seed{self.seed}"
 
 

@@ -22,6 +22,7 @@ from derm.models import model_label
 from derm.metrics.per_image import CLASS_TASKS
 from derm.retrain.report import HEADLINE_METRICS
 from derm.retrain.selection import Member
+from derm.retrain.validation_choices import calibration_report
 from derm.text_formats import json_value
 
 
@@ -120,4 +121,38 @@ def summarise(plan, members: Sequence[Member], result, resamples: int, seed: int
         summary["ensemble"] = {"metrics": scored(result.ensemble, cfg),
                                "ci95": confidence_intervals([result.ensemble], cfg, resamples, seed)}
         summary["figures_from"] = "ensemble"
+    return json_value(summary)
+
+
+def summarise_cross_validation(plan, members: Sequence[Member], result, fold_runs: Sequence, resamples: int,
+                               seed: int, postprocess=None, temperature: float | None = None) -> dict[str, Any]:
+    """metrics.json of ``--folds K``: the fold ensemble on test (as an ensemble's summary), plus the
+    out-of-fold score with its bootstrap interval and each fold's own score on the images it held out."""
+    cfg = members[0].candidate.config
+    summary = summarise(plan, members, result, resamples, seed)
+    c = members[0].candidate
+    oof = result.out_of_fold
+    summary.update({
+        "mode": "cross-validation", "trained_on": ["train", "val"], "rank": c.rank, "trial_id": c.trial_id,
+        "epochs": members[0].epochs, "figures_from": "fold ensemble",
+        "cross_validation": {
+            "folds": len(fold_runs), "grouped_by": "lesion_id", "stratified_by": "diagnosis",
+            "out_of_fold_images": len(oof),
+            "out_of_fold": {"metrics": scored(oof, cfg),
+                            "ci95": confidence_intervals([oof], cfg, resamples, seed),
+                            "bootstrap": bootstrap_method([oof])},
+            "per_fold": [{"fold": run.fold, "images": len(run.predictions),
+                          "metrics": scored(run.predictions, cfg)} for run in fold_runs],
+        },
+    })
+    summary["bootstrap"]["of"] = f"the fold ensemble of {len(fold_runs)} models (mean probabilities)"
+    chosen: dict[str, Any] = {}
+    if postprocess is not None:
+        chosen["postprocess"] = postprocess.to_dict()
+        chosen["postprocess_note"] = ("chosen on the out-of-fold masks at the model's resolution; the test "
+                                      "masks above are scored with it, at each image's own size")
+    if temperature is not None:
+        chosen["calibration"] = calibration_report(result.ensemble, temperature, resamples, seed)
+    if chosen:
+        summary["chosen_on_out_of_fold"] = chosen
     return json_value(summary)
