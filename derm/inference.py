@@ -16,7 +16,10 @@ A checkpoint may carry decisions chosen on validation (retrain-best's ``model.pt
 ``postprocess`` (`derm.postprocess.MaskPostprocess`: the lesion threshold, largest
 component and filled holes, one threshold per attribute) replaces the 0.5 threshold,
 and ``temperature`` (`derm.calibration.apply_temperature`) calibrates the class
-probabilities. Without them, predictions are exactly as described above.
+probabilities when asked (``calibrated=True``, ``derm.predict --calibrated``): by default the
+class probabilities stay the model's (an ensemble's: its members' weighted mean), which a
+temperature never changes the ranking or the predicted class of. Without these fields,
+predictions are exactly as described above.
 
 Test-time augmentation (`derm.tta`): ``tta="flips"`` (or ``True``) averages the
 probabilities over the image as given and its horizontal, vertical and double flips,
@@ -191,12 +194,18 @@ class Predictor:
         self._amp_dtype = autocast_dtype(cfg.train.amp, device)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: bool | str | TTA | None = False
-                        ) -> "Predictor":
-        """Load any derm checkpoint (weights_only=True), an ensemble's too, and rebuild its models from their configs."""
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: bool | str | TTA | None = False,
+                        calibrated: bool = False) -> "Predictor":
+        """Load any derm checkpoint (weights_only=True), an ensemble's too, and rebuild its models from their configs.
+
+        The checkpoint's mask post-processing is always applied; its temperature only with ``calibrated``.
+        """
         torch_device = select_device(device, key="--device")
         models, weights, cfg = load_members(path, torch_device)
-        return cls(models, cfg, torch_device, tta=tta, weights=weights, **chosen_on_validation(path))
+        chosen = chosen_on_validation(path)
+        if not calibrated:
+            chosen["temperature"] = None
+        return cls(models, cfg, torch_device, tta=tta, weights=weights, **chosen)
 
     @property
     def task(self) -> str:

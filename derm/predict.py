@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "vertical and double flips, 4x the compute), dihedral (the 8 rotations and mirror "
                              "images, 8x), or multicrop:N (N crops of the image decoded at 1.25x the model size: "
                              "5 = centre and corners, or a square grid 4, 9, 16 ...; multicrop alone is 5)")
+    parser.add_argument("--calibrated", action="store_true",
+                        help="apply the temperature retrain-best --folds fitted on out-of-fold diagnoses to the "
+                             "class probabilities (default: the model's own; the predicted class is the same)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--no-overlays", action="store_true", help="do not draw overlays/<id>.jpg")
@@ -67,7 +70,8 @@ def command(args: argparse.Namespace) -> int:
     from derm.submission import predict_folder
 
     set_quiet(args.quiet)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, tta=args.tta)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, tta=args.tta,
+                                          calibrated=args.calibrated)
     result = predict_folder(predictor, args.images_dir, args.out, overlays=not args.no_overlays,
                             batch_size=args.batch_size, log=lambda line: write(line, sys.stderr),
                             metadata_csv=args.metadata)

@@ -196,7 +196,9 @@ def test_stored_threshold_mode_and_temperature_are_applied(untrained_checkpoint,
 
     strict = tmp_path / "strict.pt"
     replace(saved, postprocess=MaskPostprocess(0.99).to_dict(), temperature=2.0).save(strict)
-    predictor = Predictor.from_checkpoint(strict, device="cpu")
+    # The temperature is the user's choice (--calibrated); the post-processing always applies.
+    assert Predictor.from_checkpoint(strict, device="cpu").temperature is None
+    predictor = Predictor.from_checkpoint(strict, device="cpu", calibrated=True)
     assert predictor.postprocess == MaskPostprocess(0.99) and predictor.temperature == 2.0
     prediction = predictor.predict(IMAGE)
     assert not prediction.lesion_mask.any()

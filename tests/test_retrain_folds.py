@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from derm.inference import Predictor, load_model
 from derm.metrics.per_image import SplitPredictions
 from derm.retrain import load_test_split
 from derm.retrain.folds import assign_folds, fold_split
+from derm.predict import main as predict_main
 from derm.retrain_best import main
 
 CPU = torch.device("cpu")
@@ -166,16 +168,27 @@ def test_the_fold_ensemble_model_pt_predicts_the_mean_of_the_fold_models(cross_v
     assert saved.temperature == pytest.approx(chosen["calibration"]["temperature"])
     assert saved.postprocess == chosen["postprocess"]
 
-    predictor = Predictor.from_checkpoint(out / "model.pt", device="cpu")
     by_id = dict(zip(mean.image_ids, mean.class_probabilities))
     images, ids = rows["image_path"].tolist()[:6], rows["image_id"].tolist()[:6]
     expected = np.stack([by_id[image_id] for image_id in ids])
+    # derm.predict's probabilities are exactly the mean of the fold models' ...
+    predictor = Predictor.from_checkpoint(out / "model.pt", device="cpu")
     predicted = np.array([list(p.probabilities.values()) for p in predictor.predict_batch(images)])
-    np.testing.assert_allclose(predicted, apply_temperature(expected, saved.temperature), atol=1e-5)
-    # Without the temperature, the file's members predict exactly the mean of the fold models.
-    plain = Predictor(predictor.models, predictor.cfg, predictor.device, weights=predictor.weights)
-    predicted = np.array([list(p.probabilities.values()) for p in plain.predict_batch(images)])
     np.testing.assert_allclose(predicted, expected, atol=1e-5)
+    # ... and with --calibrated, that mean under the temperature fitted out of fold.
+    calibrated = Predictor.from_checkpoint(out / "model.pt", device="cpu", calibrated=True)
+    predicted = np.array([list(p.probabilities.values()) for p in calibrated.predict_batch(images)])
+    np.testing.assert_allclose(predicted, apply_temperature(expected, saved.temperature), atol=1e-5)
+
+    # Through the command: diagnosis.csv holds the same mean.
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in images:
+        (folder / Path(path).name).write_bytes(Path(path).read_bytes())
+    assert predict_main([str(out / "model.pt"), str(folder), "--out", str(tmp_path / "predicted"), "--no-overlays",
+                         "--quiet"]) == 0
+    written = pd.read_csv(tmp_path / "predicted" / "diagnosis.csv").set_index("image")
+    np.testing.assert_allclose(written.loc[ids].to_numpy(), expected, atol=1e-5)
 
 
 def test_out_of_fold_choices_are_reported_and_melanoma_operating_points_carry_intervals(cross_validated):
